@@ -1,0 +1,52 @@
+"""Load and validate the configuration: one-line errors that name the offending key."""
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from peftbench.errors import UserError
+
+SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+
+
+def _key_path(error) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "(top level)"
+
+
+def validate_config(config: dict) -> dict:
+    """Raise UserError naming the first bad key; return the config unchanged when it is valid."""
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    if errors:
+        error = errors[0]
+        message = error.message
+        if error.validator == "additionalProperties":
+            message = message.replace("Additional properties are not allowed", "unknown key")
+        elif error.validator == "oneOf":
+            message = "give exactly one of hub, builtin or files"
+        raise UserError(f"config error at {_key_path(error)}: {message} (see {SCHEMA_PATH.name})")
+    for method in config["methods"]:
+        if method != "base" and method not in config["method_settings"]:
+            raise UserError(f"config error at method_settings: method {method!r} is listed but has no settings")
+    return config
+
+
+def load_config(*paths) -> dict:
+    """Read config files in order, later ones overlaid on earlier ones (like snakemake --configfile)."""
+    from snakemake.utils import update_config
+
+    config: dict = {}
+    for path in paths:
+        update_config(config, yaml.safe_load(Path(path).read_text()) or {})
+    return validate_config(config)
+
+
+def main(argv=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(description="check config files (later ones overlay earlier ones)")
+    parser.add_argument("configs", nargs="+")
+    args = parser.parse_args(argv)
+    load_config(*args.configs)
+    print("config OK")

@@ -1,0 +1,241 @@
+"""prepare_data: fetch every configured source, normalize it to chat messages, drop bad rows (counted),
+and draw a deterministic, leak-free train/test sample.
+
+Sources come from the Hugging Face hub (`hub:`), from local files (`files:` split -> .json/.jsonl/.parquet)
+or from the builtin offline demo set (`builtin:`, made by demo_data.py). All go through
+datasets.load_dataset, so the same code serves all three. Two formats: `alpaca` (instruction, input,
+output) and `messages` (a list of {role, content}, as in tulu-v2 and ultrachat_200k).
+
+Determinism: rows are visited in the order of a seeded sha256 of their content, never of file order or
+Python's hash, so the same config gives byte-identical train.jsonl and test.jsonl on any machine.
+"""
+import argparse
+import hashlib
+import json
+import logging
+import re
+import shutil
+import statistics
+from collections import Counter
+from pathlib import Path
+
+from peftbench.chat import encode_chat, split_prompt_reference
+from peftbench.io import atomic_dir, write_json, write_jsonl
+from peftbench.errors import UserError
+from peftbench.model import load_tokenizer
+
+log = logging.getLogger(__name__)
+ROLES = ("user", "assistant")
+
+
+# ----------------------------------------------------------------------------- loading
+
+def load_split(source: dict, split: str, cache_dir: Path):
+    """One split of a source as a datasets.Dataset."""
+    import datasets
+
+    if "builtin" in source:
+        from peftbench.demo_data import write_demo_source
+
+        # Enough rows that the sample never runs short after drops; ultrachat writes a third to test_sft.
+        rows = 2 * (source["train"]["n"] + source["test"]["n"]) + 8
+        files = write_demo_source(source["builtin"], cache_dir / source["name"], rows)
+        return datasets.load_dataset("json", data_files={split: str(files[split])}, split=split)
+    if "files" in source:
+        if split not in source["files"]:
+            raise UserError(f"source {source['name']}: no file for split {split!r}: add it under files:")
+        path = source["files"][split]
+        kind = "parquet" if path.endswith(".parquet") else "json"
+        return datasets.load_dataset(kind, data_files={split: path}, split=split)
+    return _load_hub(source, split)
+
+
+def _load_hub(source, split):
+    import datasets
+
+    from peftbench.credentials import hf_token
+
+    name = source["hub"]
+    try:
+        return datasets.load_dataset(name, revision=source.get("revision"), split=split, token=hf_token())
+    except Exception as error:  # datasets wraps hub errors in several types; name the fix by the cause
+        text = str(error).lower()
+        if "gated" in text or "401" in text or "403" in text:
+            raise UserError(f"dataset {name} is gated: accept its terms on huggingface.co/datasets/{name} "
+                            "and set HF_TOKEN") from None
+        if "doesn't exist" in text or "not found" in text:
+            raise UserError(f"dataset {name} (split {split}) not found: check data.sources in the config") from None
+        if "offline" in text or "connection" in text or "resolve" in text:
+            raise UserError(f"dataset {name} is not cached and the hub cannot be reached: connect to the "
+                            "internet, or run once online so HF_HUB_OFFLINE=1 finds it in the cache") from None
+        raise
+
+
+# ----------------------------------------------------------------------------- normalization
+
+def normalize(row: dict, fmt: str):
+    """(messages, None) for a usable row, (None, reason) for a dropped one."""
+    if fmt == "alpaca":
+        fields = [row.get(k) for k in ("instruction", "input", "output")]
+        if fields[0] is None or fields[2] is None:
+            return None, "missing field"
+        if not all(isinstance(f, str) for f in fields if f is not None):
+            return None, "non-string content"
+        instruction, extra, output = fields[0].strip(), (fields[1] or "").strip(), fields[2].strip()
+        if not instruction:
+            return None, "empty prompt"
+        if not output:
+            return None, "empty response"
+        user = f"{instruction}\n\n{extra}" if extra else instruction
+        return [{"role": "user", "content": user}, {"role": "assistant", "content": output}], None
+
+    messages = row.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return None, "missing field"
+    if not all(isinstance(m, dict) and isinstance(m.get("content"), str) and isinstance(m.get("role"), str)
+               for m in messages):
+        return None, "non-string content"
+    messages = [{"role": m["role"], "content": m["content"].strip()} for m in messages]
+    # Gemma has no system role: the system text opens the first user turn.
+    if messages[0]["role"] == "system":
+        system, messages = messages[0]["content"], messages[1:]
+        if messages and messages[0]["role"] == "user" and system:
+            messages[0] = {"role": "user", "content": f"{system}\n\n{messages[0]['content']}"}
+    if not messages or [m["role"] for m in messages] != [ROLES[i % 2] for i in range(len(messages))]:
+        return None, "turns out of order"
+    if messages[-1]["role"] != "assistant":
+        messages = messages[:-1]  # a trailing unanswered question teaches nothing
+        if not messages:
+            return None, "turns out of order"
+    if any(not m["content"] for m in messages if m["role"] == "assistant"):
+        return None, "empty response"
+    if any(not m["content"] for m in messages if m["role"] == "user"):
+        return None, "empty prompt"
+    return messages, None
+
+
+def prompt_key(messages) -> str:
+    """Exact identity of a test prompt: every turn before the last answer."""
+    prompt, _ = split_prompt_reference(messages)
+    return json.dumps(prompt, ensure_ascii=False, sort_keys=True)
+
+
+def loose_key(messages) -> str:
+    """Identity up to case, punctuation and spacing: catches near-duplicate prompts."""
+    prompt, _ = split_prompt_reference(messages)
+    text = " ".join(m["content"] for m in prompt).lower()
+    return " ".join(re.sub(r"[^\w\s]", " ", text).split())
+
+
+# ----------------------------------------------------------------------------- sampling
+
+def seeded_order(dataset, source_name, seed):
+    """Row indices sorted by a seeded hash of each row's content (stable across machines and file order)."""
+    keyed = []
+    for index, row in enumerate(dataset):
+        content = json.dumps(row, ensure_ascii=False, sort_keys=True, default=str)
+        digest = hashlib.sha256(f"{seed}\0{source_name}\0{content}".encode()).hexdigest()
+        keyed.append((digest, index))
+    keyed.sort()
+    return keyed
+
+
+def draw(dataset, source, seed, tokenizer, max_length, n_wanted, dropped, lengths, held_out=None):
+    """Walk the rows in seeded order; keep the first n_wanted usable rows. `held_out` (the test draw)
+    removes its own rows and, as a leak, any other row with one of its prompts."""
+    kept, seen = [], set(held_out["prompts"]) if held_out else set()
+    skip = held_out["indices"] if held_out else set()
+    for digest, index in seeded_order(dataset, source["name"], seed):
+        if len(kept) == n_wanted:
+            break
+        if index in skip:
+            continue
+        messages, reason = normalize(dataset[index], source["format"])
+        if messages is None:
+            dropped[reason] += 1
+            continue
+        key = prompt_key(messages)
+        if key in seen:
+            dropped["prompt also in test" if held_out and key in held_out["prompts"] else "duplicate prompt"] += 1
+            continue
+        n_tokens = len(encode_chat(tokenizer, messages)[0])
+        if n_tokens > max_length:
+            dropped["longer than max_length"] += 1
+            continue
+        seen.add(key)
+        lengths.append(n_tokens)
+        kept.append({"id": f"{source['name']}-{digest[:12]}", "source": source["name"], "messages": messages,
+                     "_index": index})
+    return kept
+
+
+def _length_stats(lengths):
+    if not lengths:
+        return {}
+    ordered = sorted(lengths)
+    return {"min": ordered[0], "mean": round(statistics.fmean(ordered), 1),
+            "p50": ordered[len(ordered) // 2], "p95": ordered[int(0.95 * (len(ordered) - 1))], "max": ordered[-1]}
+
+
+def sha256_file(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def prepare_data(data_cfg: dict, model_dir, out_dir, seed=0) -> dict:
+    """Write out_dir/train.jsonl, test.jsonl and manifest.json; return the manifest."""
+    tokenizer = load_tokenizer(model_dir)
+    out_dir = Path(out_dir)
+    train_rows, test_rows, manifest = [], [], {"seed": seed, "max_length": data_cfg["max_length"], "sources": {}}
+    with atomic_dir(out_dir) as tmp:
+        for source in data_cfg["sources"]:
+            name = source["name"]
+            dropped, train_lengths, test_lengths = Counter(), [], []
+            test_split = load_split(source, source["test"]["split"], tmp / "downloads")
+            test = draw(test_split, source, seed, tokenizer, data_cfg["max_length"], source["test"]["n"],
+                        dropped, test_lengths)
+            same_split = source["train"]["split"] == source["test"]["split"]
+            train_split = test_split if same_split else load_split(source, source["train"]["split"], tmp / "downloads")
+            held_out = {"prompts": {prompt_key(r["messages"]) for r in test},
+                        "indices": {r["_index"] for r in test} if same_split else set()}
+            train = draw(train_split, source, seed, tokenizer, data_cfg["max_length"], source["train"]["n"],
+                         dropped, train_lengths, held_out)
+            for row in train + test:
+                del row["_index"]
+            for part, rows, cfg in (("train", train, source["train"]), ("test", test, source["test"])):
+                if len(rows) < cfg["n"]:
+                    raise UserError(f"source {name}: only {len(rows)} usable {part} examples of {cfg['n']} asked "
+                                    f"({dict(dropped)} dropped): lower {part}.n or raise data.max_length")
+            test_loose = {loose_key(r["messages"]) for r in test}
+            manifest["sources"][name] = {
+                "origin": source.get("hub") or source.get("builtin") and f"builtin:{source['builtin']}"
+                or source.get("files"),
+                "revision": source.get("revision"),
+                "format": source["format"],
+                "splits": {"train": source["train"]["split"], "test": source["test"]["split"]},
+                "kept": {"train": len(train), "test": len(test)},
+                "dropped": dict(sorted(dropped.items())),
+                "near_duplicate_prompts": sum(loose_key(r["messages"]) in test_loose for r in train),
+                "tokens": {"train": _length_stats(train_lengths), "test": _length_stats(test_lengths)},
+            }
+            log.info("%s: kept %d train, %d test; dropped %s", name, len(train), len(test), dict(dropped))
+            train_rows += train
+            test_rows += test
+        if len({prompt_key(r["messages"]) for r in train_rows} & {prompt_key(r["messages"]) for r in test_rows}):
+            raise RuntimeError("a test prompt appears in train across sources")  # same text in two sources
+        write_jsonl(tmp / "train.jsonl", train_rows)
+        write_jsonl(tmp / "test.jsonl", test_rows)
+        manifest["files"] = {f: sha256_file(tmp / f) for f in ("train.jsonl", "test.jsonl")}
+        write_json(tmp / "manifest.json", manifest)
+        shutil.rmtree(tmp / "downloads", ignore_errors=True)
+    return manifest
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="the config's data section, as JSON")
+    parser.add_argument("--model-dir", required=True, help="prepare_model's folder (for the tokenizer)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    manifest = prepare_data(json.loads(args.data), args.model_dir, args.out, args.seed)
+    print(json.dumps({name: s["kept"] for name, s in manifest["sources"].items()}))

@@ -1,0 +1,39 @@
+"""hybrid: 4-bit NF4 MLP layers with LoRA adapters + bf16 attention layers trained full-rank under GaLore.
+
+The MLP holds most of the weights, so quantizing it saves the most memory; attention is small enough
+to train full-rank, and GaLore keeps its optimizer state low-rank. One GaLoreAdamW optimizer: a GaLore
+group for the attention weights, plain groups for the LoRA parameters and the turn-token rows.
+"""
+from peftbench.methods import galore, qlora
+
+NAME = "hybrid"
+SUMMARY = "4-bit MLP + LoRA, full-rank bf16 attention under GaLore"
+TRAINS = True
+MLP = ["gate_proj", "up_proj", "down_proj"]
+ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+def quantization(settings):
+    # The skip list replaces bitsandbytes' default, so lm_head must be named again; names match leaves.
+    return qlora.quantization(settings, skip_modules=ATTENTION + ["lm_head"])
+
+
+def lora_targets(settings):
+    return MLP
+
+
+def full_rank_targets(settings):
+    return ATTENTION
+
+
+def optimizer(groups, settings, training):
+    from galore_torch import GaLoreAdamW
+
+    return GaLoreAdamW(
+        [
+            galore.galore_group(groups.full_rank, settings["rank"], settings["update_proj_gap"],
+                                settings["scale"], settings["galore_lr"], training["weight_decay"]),
+            {"params": groups.lora, "lr": settings["lr"], "weight_decay": training["weight_decay"]},
+            {"params": groups.tokens, "lr": training["trainable_tokens_lr"], "weight_decay": 0.0},
+        ]
+    )

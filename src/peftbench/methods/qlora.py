@@ -1,0 +1,25 @@
+"""qlora: LoRA adapters over a base quantized to 4-bit NF4 with double quantization (bitsandbytes)."""
+import torch
+
+from peftbench.methods import lora
+
+NAME = "qlora"
+SUMMARY = "LoRA adapters on a frozen 4-bit NF4 base (double quantization)"
+TRAINS = True
+
+
+def quantization(settings, skip_modules=None):
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        llm_int8_skip_modules=skip_modules,
+    )
+
+
+lora_targets = lora.lora_targets
+full_rank_targets = lora.full_rank_targets
+optimizer = lora.optimizer

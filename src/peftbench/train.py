@@ -1,0 +1,166 @@
+"""train_<method>: fine-tune the base model with one method and save what changed.
+
+A plain loop rather than the HF Trainer, for three reasons that matter to a fair, fast comparison:
+the loss projects only the assistant positions through the 262k-row output layer (the full logits are
+most of the compute on CPU and half the memory on GPU); every method sees the same batches in the same
+order from one seeded permutation; and the timing covers training alone. Outputs: the trained weights
+(trainable.save_trained) and train_metrics.json (time, peak memory, tokens, tokens/s, loss per step).
+"""
+import argparse
+import json
+import logging
+import math
+import resource
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from peftbench.chat import IGNORE_INDEX, encode_chat
+from peftbench.io import atomic_dir, read_jsonl, write_json
+from peftbench.methods import METHODS
+from peftbench.errors import UserError
+from peftbench.model import load_tokenizer
+from peftbench.trainable import build_trainable, causal_lm, save_trained
+
+log = logging.getLogger(__name__)
+METRICS = "train_metrics.json"
+
+
+def resolve_device(name="auto"):
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def batch_order(n_examples, batch_size, epoch, seed):
+    """The same batches in the same order for every method: a seeded permutation per epoch."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n_examples, generator=generator).tolist()
+    return [order[i : i + batch_size] for i in range(0, n_examples, batch_size)]
+
+
+def collate(examples, pad_id, device):
+    """Right-pad a list of (input_ids, labels) into tensors."""
+    width = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, (ids, labs) in enumerate(examples):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(labs)] = torch.tensor(labs)
+        attention_mask[row, : len(ids)] = 1
+    return input_ids.to(device), labels.to(device), attention_mask.to(device)
+
+
+def answer_loss(model, input_ids, labels, attention_mask):
+    """Mean next-token cross-entropy over the answer tokens. Only the positions that predict an answer
+    token go through lm_head, so the full (tokens x vocabulary) logits never exist."""
+    lm = causal_lm(model)
+    if getattr(lm.config, "final_logit_softcapping", None):
+        raise NotImplementedError("models with final logit softcapping are not supported")
+    hidden = lm.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    targets = labels[:, 1:]
+    predicting = targets != IGNORE_INDEX
+    logits = lm.lm_head(hidden[:, :-1][predicting])
+    return F.cross_entropy(logits.float(), targets[predicting])
+
+
+def peak_memory(device):
+    if device.startswith("cuda"):
+        return {
+            "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9,
+            "peak_reserved_gb": torch.cuda.max_memory_reserved() / 1e9,
+            "memory_kind": "CUDA max allocated",
+        }
+    return {"peak_memory_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, "memory_kind": "CPU peak RSS"}
+
+
+def train(method_name, model_dir, train_path, settings, training, out_dir, seed=0, dtype="bfloat16", device="auto"):
+    from transformers import get_cosine_schedule_with_warmup
+
+    method = METHODS[method_name]
+    device = resolve_device(device)
+    torch.manual_seed(seed)
+    tokenizer = load_tokenizer(model_dir)
+    examples = [encode_chat(tokenizer, row["messages"]) for row in read_jsonl(train_path)]
+    if not examples:
+        raise UserError(f"{train_path} holds no examples: check data.sources in the config")
+    model, groups = build_trainable(method, model_dir, settings, training, tokenizer, device, dtype)
+    model.train()
+    optimizer = method.optimizer(groups, settings, training)
+    trainable = [p for group in groups for p in group]
+    steps_per_epoch = math.ceil(len(examples) / training["batch_size"])
+    total_steps = steps_per_epoch * training["epochs"]
+    scheduler = get_cosine_schedule_with_warmup(optimizer, round(training["warmup_ratio"] * total_steps), total_steps)
+    log.info("%s: %d examples, %d steps, %d trainable parameters", method_name, len(examples), total_steps,
+             sum(p.numel() for p in trainable))
+
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    history, tokens_seen, step = [], 0, 0
+    start = time.perf_counter()
+    progress = tqdm(total=total_steps, desc=f"train {method_name}", mininterval=2)
+    for epoch in range(training["epochs"]):
+        for batch in batch_order(len(examples), training["batch_size"], epoch, seed):
+            input_ids, labels, attention_mask = collate([examples[i] for i in batch], tokenizer.pad_token_id, device)
+            with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16):
+                loss = answer_loss(model, input_ids, labels, attention_mask)
+            if not torch.isfinite(loss):
+                raise UserError(f"loss is {loss.item()} at step {step + 1}: lower the learning rate "
+                                f"(method_settings.{method_name}) or check the data")
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, training["max_grad_norm"])
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens_seen += int(attention_mask.sum())
+            elapsed = time.perf_counter() - start
+            history.append({"step": step, "epoch": epoch + 1, "loss": loss.item(), "lr": scheduler.get_last_lr()[0]})
+            progress.update()
+            progress.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tokens_seen / elapsed:.0f}")
+            if step % training["log_every"] == 0:
+                log.info("step %d/%d loss %.4f tokens/s %.0f", step, total_steps, loss.item(), tokens_seen / elapsed)
+    progress.close()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    train_seconds = time.perf_counter() - start
+
+    metrics = {
+        "method": method_name,
+        "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+        "train_seconds": train_seconds,
+        **peak_memory(device),
+        "tokens_seen": tokens_seen,
+        "tokens_per_s": tokens_seen / train_seconds,
+        "examples": len(examples),
+        "epochs": training["epochs"],
+        "steps": total_steps,
+        "trainable_params": sum(p.numel() for p in trainable),
+        "total_params": sum(p.numel() for p in model.parameters()),
+        "loss": history,
+    }
+    with atomic_dir(out_dir) as tmp:
+        save_trained(model, method, settings, tmp, dtype)
+        write_json(Path(tmp) / METRICS, metrics)
+    return metrics
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--method", required=True, choices=[m for m in METHODS if METHODS[m].TRAINS])
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--train", required=True, help="train.jsonl from prepare_data")
+    parser.add_argument("--settings", required=True, help="the method's settings, as JSON")
+    parser.add_argument("--training", required=True, help="the config's training section, as JSON")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    metrics = train(args.method, args.model_dir, args.train, json.loads(args.settings), json.loads(args.training),
+                    args.out, args.seed, args.dtype, args.device)
+    print(json.dumps({k: v for k, v in metrics.items() if k != "loss"}))

@@ -1,0 +1,119 @@
+"""Turn a method's declaration (methods/) into a trainable model, save what training changed, and rebuild
+exactly the trained model for evaluation.
+
+Every trained method is wrapped by peft: LoRA adapters where the method asks for them, and the turn
+tokens' embedding rows (peft trainable tokens) for all, so each method learns to end its turn.
+Full-rank weights train in float32 (updates of 1e-5 vanish in bf16 rounding) and compute in bf16
+under autocast; they are saved in the model's dtype, which is what the forward pass used.
+"""
+from collections import namedtuple
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from peftbench.model import DTYPES, load_model
+
+ParamGroups = namedtuple("ParamGroups", ["lora", "full_rank", "tokens"])
+ADAPTER_DIR = "adapter"
+FULL_WEIGHTS = "full_rank_weights.safetensors"
+
+
+def token_ids(tokenizer, tokens):
+    ids = tokenizer.convert_tokens_to_ids(list(tokens))
+    unknown = [t for t, i in zip(tokens, ids) if i is None or i == tokenizer.unk_token_id]
+    if unknown:
+        raise ValueError(f"training.trainable_tokens: {unknown} are not tokens of this tokenizer")
+    return ids
+
+
+def _peft_config(method, settings, trainable_token_ids):
+    from peft import LoraConfig, TrainableTokensConfig
+
+    targets = method.lora_targets(settings)
+    if targets:
+        return LoraConfig(
+            r=settings["r"],
+            lora_alpha=settings["alpha"],
+            lora_dropout=settings["dropout"],
+            target_modules=list(targets),
+            trainable_token_indices={"embed_tokens": trainable_token_ids} if trainable_token_ids else None,
+            task_type="CAUSAL_LM",
+        )
+    if trainable_token_ids:
+        return TrainableTokensConfig(target_modules=["embed_tokens"], token_indices=trainable_token_ids)
+    return None
+
+
+def _full_rank_parameters(model, leaf_names):
+    """The weights of the decoder's linear layers whose leaf name is in leaf_names, with their names."""
+    wanted = set(leaf_names)
+    return {
+        f"{name}.weight": module.weight
+        for name, module in model.named_modules()
+        if name.split(".")[-1] in wanted and ".layers." in f".{name}" and isinstance(module, torch.nn.Linear)
+    }
+
+
+def build_trainable(method, model_dir, settings, training, tokenizer, device, dtype="bfloat16"):
+    """Load the base model as the method wants it; return (model, ParamGroups) with only those trainable."""
+    from peft import get_peft_model
+
+    model = load_model(model_dir, dtype, device, quantization_config=method.quantization(settings))
+    model.requires_grad_(False)
+    if training["gradient_checkpointing"]:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    full_rank = _full_rank_parameters(model, method.full_rank_targets(settings))
+    peft_config = _peft_config(method, settings, token_ids(tokenizer, training["trainable_tokens"]))
+    if peft_config is not None:
+        model = get_peft_model(model, peft_config)
+    for weight in full_rank.values():
+        weight.data = weight.data.float()
+        weight.requires_grad_(True)
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = ParamGroups(
+        lora=[p for n, p in trained if "lora_" in n],
+        full_rank=list(full_rank.values()),
+        tokens=[p for n, p in trained if "trainable_tokens" in n],
+    )
+    assert sum(map(len, groups)) == len(trained), "a trainable parameter belongs to no optimizer group"
+    return model, groups
+
+
+def causal_lm(model):
+    """The transformers model under a peft wrapper (peft injects its layers in place)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def save_trained(model, method, settings, out_dir, dtype="bfloat16"):
+    """Save the adapter (peft) and the full-rank weights (safetensors) into out_dir."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if hasattr(model, "save_pretrained") and hasattr(model, "peft_config"):
+        model.save_pretrained(out_dir / ADAPTER_DIR)
+    full_rank = _full_rank_parameters(causal_lm(model), method.full_rank_targets(settings))
+    if full_rank:
+        tensors = {name: w.detach().to(DTYPES[dtype]).cpu().contiguous() for name, w in full_rank.items()}
+        save_file(tensors, out_dir / FULL_WEIGHTS)
+
+
+def load_for_eval(method, model_dir, trained_dir, settings, device, dtype="bfloat16"):
+    """The trained model as one plain model in `dtype`: a 4-bit base is dequantized first (so the weights
+    are the ones training saw), then the full-rank weights are loaded and the adapter merged."""
+    from peft import PeftModel
+
+    quantization = method.quantization(settings) if method.TRAINS else None
+    model = load_model(model_dir, dtype, device, quantization_config=quantization)
+    if quantization is not None:
+        model = model.dequantize(dtype=DTYPES[dtype]) or model
+    if trained_dir is None:
+        return model.eval()
+    trained_dir = Path(trained_dir)
+    if (trained_dir / FULL_WEIGHTS).exists():
+        weights = load_file(trained_dir / FULL_WEIGHTS, device=str(device))
+        result = model.load_state_dict(weights, strict=False)
+        if result.unexpected_keys:
+            raise ValueError(f"{trained_dir / FULL_WEIGHTS} does not fit this model: {result.unexpected_keys[:3]}")
+    if (trained_dir / ADAPTER_DIR).exists():
+        model = PeftModel.from_pretrained(model, trained_dir / ADAPTER_DIR).merge_and_unload()
+    return model.to(DTYPES[dtype]).eval()

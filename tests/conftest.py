@@ -1,0 +1,35 @@
+import copy
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny import make_model_dir  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    return make_model_dir(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(model_dir):
+    from peftbench.model import load_tokenizer
+
+    return load_tokenizer(model_dir)
+
+
+@pytest.fixture()
+def study_config():
+    return yaml.safe_load((ROOT / "config.yaml").read_text())
+
+
+@pytest.fixture()
+def demo_config():
+    from peftbench.config import load_config
+
+    return copy.deepcopy(load_config(ROOT / "config.yaml", ROOT / "configs" / "demo.yaml"))

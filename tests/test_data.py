@@ -1,0 +1,138 @@
+"""prepare_data on local files written in the exact schemas of the three hub datasets."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from peftbench.data import normalize, prepare_data
+from peftbench.errors import UserError
+
+
+def alpaca_rows(n):
+    return [{"instruction": f"Explain item number {i}.", "input": "" if i % 2 else f"context {i}",
+             "output": f"Item {i} is an item.", "text": "ignored"} for i in range(n)]
+
+
+def ultrachat_rows(n, offset=0):
+    rows = []
+    for i in range(offset, offset + n):
+        prompt = f"Tell me about topic {i}."
+        rows.append({"prompt": prompt, "prompt_id": f"{i:064x}", "messages": [
+            {"role": "user", "content": prompt}, {"role": "assistant", "content": f"Topic {i} is broad."},
+            {"role": "user", "content": "And more?"}, {"role": "assistant", "content": f"More on {i}."}]})
+    return rows
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def data_config(tmp_path, alpaca, ultrachat_train, ultrachat_test, max_length=128, n_train=6, n_test=3):
+    return {"max_length": max_length, "sources": [
+        {"name": "alpaca", "format": "alpaca", "files": {"train": write_jsonl(tmp_path / "alpaca.jsonl", alpaca)},
+         "train": {"split": "train", "n": n_train}, "test": {"split": "train", "n": n_test}},
+        {"name": "ultrachat", "format": "messages",
+         "files": {"train_sft": write_jsonl(tmp_path / "uc_train.jsonl", ultrachat_train),
+                   "test_sft": write_jsonl(tmp_path / "uc_test.jsonl", ultrachat_test)},
+         "train": {"split": "train_sft", "n": n_train}, "test": {"split": "test_sft", "n": n_test}},
+    ]}
+
+
+@pytest.mark.parametrize("row, fmt, reason", [
+    ({"instruction": "Q", "input": ""}, "alpaca", "missing field"),
+    ({"instruction": "Q", "input": "", "output": "   "}, "alpaca", "empty response"),
+    ({"instruction": "Q", "input": 3, "output": "A"}, "alpaca", "non-string content"),
+    ({"messages": [{"role": "assistant", "content": "A"}, {"role": "user", "content": "Q"}]}, "messages",
+     "turns out of order"),
+    ({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": ""}]}, "messages",
+     "empty response"),
+    ({"messages": [{"role": "user", "content": ["Q"]}, {"role": "assistant", "content": "A"}]}, "messages",
+     "non-string content"),
+    ({"dataset": "x", "id": "1"}, "messages", "missing field"),
+])
+def test_bad_rows_are_dropped_with_a_reason(row, fmt, reason):
+    assert normalize(row, fmt) == (None, reason)
+
+
+def test_system_message_merges_into_first_user_turn_and_trailing_question_is_cut():
+    row = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q1"},
+                        {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"}]}
+    messages, reason = normalize(row, "messages")
+    assert reason is None
+    assert messages == [{"role": "user", "content": "Be brief.\n\nQ1"}, {"role": "assistant", "content": "A1"}]
+
+
+def test_alpaca_input_joins_the_instruction():
+    messages, _ = normalize({"instruction": "Translate.", "input": "bonjour", "output": "hello"}, "alpaca")
+    assert messages[0]["content"] == "Translate.\n\nbonjour"
+
+
+def test_prepare_data_counts_drops_and_is_leak_free(tmp_path, model_dir):
+    alpaca = alpaca_rows(12) + [{"instruction": "Bad", "input": "", "output": ""},
+                                {"instruction": "Long " * 300, "input": "", "output": "x"}]
+    uc_test = ultrachat_rows(4)
+    # A planted leak: a train row whose prompt is a test prompt (answer differs).
+    leak = json.loads(json.dumps(uc_test[0]))
+    leak["messages"][-1]["content"] = "A different answer."
+    uc_train = ultrachat_rows(8, offset=100) + [leak]
+    cfg = data_config(tmp_path, alpaca, uc_train, uc_test)
+    manifest = prepare_data(cfg, model_dir, tmp_path / "out", seed=1)
+    train = [json.loads(line) for line in (tmp_path / "out/train.jsonl").read_text().splitlines()]
+    test = [json.loads(line) for line in (tmp_path / "out/test.jsonl").read_text().splitlines()]
+    assert len(train) == 12 and len(test) == 6
+    prompts = lambda rows: {json.dumps(r["messages"][:-1]) for r in rows}  # noqa: E731
+    assert not prompts(train) & prompts(test)
+    alpaca_m = manifest["sources"]["alpaca"]
+    assert alpaca_m["dropped"].get("empty response", 0) + alpaca_m["dropped"].get("longer than max_length", 0) <= 2
+    assert alpaca_m["kept"] == {"train": 6, "test": 3}
+    uc = manifest["sources"]["ultrachat"]
+    assert uc["kept"] == {"train": 6, "test": 3}
+    assert set(manifest["files"]) == {"train.jsonl", "test.jsonl"}
+    assert all(r["messages"][-1]["role"] == "assistant" for r in train + test)
+
+
+def test_leaked_prompt_is_dropped_and_counted(tmp_path, model_dir):
+    uc_test = ultrachat_rows(3)
+    leak = json.loads(json.dumps(uc_test[1]))
+    leak["messages"][-1]["content"] = "A different answer."
+    cfg = data_config(tmp_path, alpaca_rows(9), ultrachat_rows(6, offset=50) + [leak], uc_test, n_train=6, n_test=3)
+    manifest = prepare_data(cfg, model_dir, tmp_path / "out")
+    assert manifest["sources"]["ultrachat"]["dropped"] == {"prompt also in test": 1}
+
+
+def test_bad_rows_of_every_kind_are_counted(tmp_path, model_dir):
+    # (Non-string content cannot reach here: Arrow gives a column one type; normalize() is tested above.)
+    bad = [{"instruction": "E", "input": "", "output": " "}, {"instruction": "M", "input": ""},
+           {"instruction": "", "input": "", "output": "x"}, {"instruction": "Long " * 300, "input": "", "output": "x"}]
+    cfg = data_config(tmp_path, alpaca_rows(9) + bad, ultrachat_rows(6), ultrachat_rows(3, offset=70))
+    manifest = prepare_data(cfg, model_dir, tmp_path / "out")
+    assert manifest["sources"]["alpaca"]["dropped"] == {
+        "empty response": 1, "missing field": 1, "empty prompt": 1, "longer than max_length": 1}
+
+
+def test_shortfall_is_an_error_and_writes_nothing(tmp_path, model_dir):
+    cfg = data_config(tmp_path, alpaca_rows(5), ultrachat_rows(6), ultrachat_rows(3, offset=70))
+    with pytest.raises(UserError, match="source alpaca: only 2 usable train examples of 6 asked"):
+        prepare_data(cfg, model_dir, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_same_config_gives_byte_identical_files_across_processes(tmp_path, model_dir):
+    cfg = data_config(tmp_path, alpaca_rows(12), ultrachat_rows(8), ultrachat_rows(4, offset=70))
+    outputs = []
+    for run, hash_seed in enumerate(["1", "2"]):
+        out = tmp_path / f"run{run}"
+        subprocess.run([sys.executable, "-m", "peftbench", "prepare-data", "--data", json.dumps(cfg),
+                        "--model-dir", str(model_dir), "--out", str(out), "--seed", "3"],
+                       check=True, env={**__import__("os").environ, "PYTHONHASHSEED": hash_seed},
+                       capture_output=True)
+        outputs.append([(out / f).read_bytes() for f in ("train.jsonl", "test.jsonl", "manifest.json")])
+    assert outputs[0] == outputs[1]
+
+
+def test_builtin_demo_sources_follow_the_hub_schemas(tmp_path, model_dir, demo_config):
+    manifest = prepare_data(demo_config["data"], model_dir, tmp_path / "out")
+    assert {name: s["kept"] for name, s in manifest["sources"].items()} == {
+        name: {"train": 32, "test": 8} for name in ("alpaca", "tulu", "ultrachat")}

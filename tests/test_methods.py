@@ -1,0 +1,142 @@
+"""Each method on the tiny Gemma 3: what trains, what is 4-bit, the optimizer groups, one step, save/reload."""
+import pytest
+import torch
+
+from peftbench.chat import encode_chat
+from peftbench.methods import METHODS
+from peftbench.train import answer_loss, collate
+from peftbench.trainable import build_trainable, causal_lm, load_for_eval, save_trained
+
+ATTENTION = {"q_proj", "k_proj", "v_proj", "o_proj"}
+MLP = {"gate_proj", "up_proj", "down_proj"}
+TRAINING = {"gradient_checkpointing": False, "trainable_tokens": ["<start_of_turn>", "<end_of_turn>"],
+            "trainable_tokens_lr": 1e-2, "weight_decay": 0.0}
+SETTINGS = {
+    "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": sorted(ATTENTION | MLP), "lr": 1e-2},
+    "qlora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": sorted(ATTENTION | MLP), "lr": 1e-2},
+    "galore": {"rank": 4, "update_proj_gap": 10, "scale": 0.25, "target_modules": sorted(ATTENTION | MLP),
+               "lr": 1e-2},
+    "hybrid": {"r": 4, "alpha": 8, "dropout": 0.0, "lr": 1e-2, "rank": 4, "update_proj_gap": 10, "scale": 0.25,
+               "galore_lr": 1e-2},
+}
+CONVERSATIONS = [
+    [{"role": "user", "content": "What does the Python function do?"},
+     {"role": "assistant", "content": "It returns the value of the argument."}],
+    [{"role": "user", "content": "Which module provides dedent?"},
+     {"role": "assistant", "content": "The textwrap module: from textwrap import dedent."}],
+]
+
+
+def build(method, model_dir, tokenizer):
+    torch.manual_seed(0)
+    return build_trainable(METHODS[method], model_dir, SETTINGS[method], TRAINING, tokenizer, "cpu")
+
+
+def leaf(name):
+    """'...layers.0.self_attn.q_proj.lora_A.default.weight' -> ('q_proj', 'lora')."""
+    parts = name.split(".")
+    kind = "lora" if "lora_A" in parts or "lora_B" in parts else "tokens" if "trainable_tokens_delta" in parts else "full"
+    projection = next((p for p in parts if p.endswith("_proj")), None)
+    return projection, kind
+
+
+def trainable_summary(model):
+    return {leaf(n) for n, p in model.named_parameters() if p.requires_grad}
+
+
+def four_bit_leaves(model):
+    import bitsandbytes as bnb
+
+    return {name.split(".")[-1] for name, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+
+
+@pytest.mark.parametrize("method, trainable, four_bit", [
+    ("lora", {(p, "lora") for p in ATTENTION | MLP} | {(None, "tokens")}, set()),
+    ("qlora", {(p, "lora") for p in ATTENTION | MLP} | {(None, "tokens")}, {"base_layer"}),
+    ("galore", {(p, "full") for p in ATTENTION | MLP} | {(None, "tokens")}, set()),
+    ("hybrid", {(p, "full") for p in ATTENTION} | {(p, "lora") for p in MLP} | {(None, "tokens")}, {"base_layer"}),
+])
+def test_exact_trainable_set_and_quantized_modules(method, trainable, four_bit, model_dir, tokenizer):
+    model, groups = build(method, model_dir, tokenizer)
+    assert trainable_summary(model) == trainable
+    assert four_bit_leaves(model) == four_bit
+    if method in ("qlora", "hybrid"):
+        import bitsandbytes as bnb
+        quantized = {n.split(".")[-2] for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+        assert quantized == (ATTENTION | MLP if method == "qlora" else MLP)
+    # Full-rank weights train in float32; nothing else trainable is hidden from the optimizer.
+    assert all(p.dtype == torch.float32 for p in groups.full_rank)
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert sum(p.numel() for g in groups for p in g) == n_trainable
+
+
+def test_hybrid_optimizer_groups(model_dir, tokenizer):
+    model, groups = build("hybrid", model_dir, tokenizer)
+    optimizer = METHODS["hybrid"].optimizer(groups, SETTINGS["hybrid"], TRAINING)
+    galore_group, lora_group, token_group = optimizer.param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert galore_group["rank"] == 4 and galore_group["update_proj_gap"] == 10 and galore_group["scale"] == 0.25
+    assert {leaf(names[id(p)]) for p in galore_group["params"]} == {(p, "full") for p in ATTENTION}
+    assert len(galore_group["params"]) == 4 * 2  # four projections in each of the two layers
+    assert {leaf(names[id(p)]) for p in lora_group["params"]} == {(p, "lora") for p in MLP}
+    assert "rank" not in lora_group and "rank" not in token_group
+    assert {leaf(names[id(p)]) for p in token_group["params"]} == {(None, "tokens")}
+    assert token_group["lr"] == TRAINING["trainable_tokens_lr"]
+
+
+def base_state(model):
+    """Every parameter and buffer of the transformers model, keyed by name, as float copies."""
+    return {n: t.detach().clone() for n, t in causal_lm(model).state_dict().items()}
+
+
+def one_step(method, model, groups, tokenizer):
+    optimizer = METHODS[method].optimizer(groups, SETTINGS[method], TRAINING)
+    batch = collate([encode_chat(tokenizer, c) for c in CONVERSATIONS], tokenizer.pad_token_id, "cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = answer_loss(model, *batch)
+    loss.backward()
+    optimizer.step()
+    # LoRA B starts at zero, so a second step is needed before A's change shows in outputs.
+    optimizer.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        answer_loss(model, *batch).backward()
+    optimizer.step()
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora", "galore", "hybrid"])
+def test_one_step_changes_only_the_trained_parameters(method, model_dir, tokenizer):
+    model, groups = build(method, model_dir, tokenizer)
+    before = base_state(model)
+    one_step(method, model, groups, tokenizer)
+    after = base_state(model)
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    kinds = {leaf(n) for n in changed}
+    expected = {"lora": {(p, "lora") for p in ATTENTION | MLP},
+                "qlora": {(p, "lora") for p in ATTENTION | MLP},
+                "galore": {(p, "full") for p in ATTENTION | MLP},
+                "hybrid": {(p, "full") for p in ATTENTION} | {(p, "lora") for p in MLP}}[method]
+    assert kinds == expected | {(None, "tokens")}
+    # Embedding, norms and (4-bit) base weights are untouched.
+    assert not any("norm" in n or n.endswith("embed_tokens.weight") or "base_layer" in n for n in changed)
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora", "galore", "hybrid"])
+def test_saved_model_reloads_with_the_same_logits(method, model_dir, tokenizer, tmp_path):
+    model, groups = build(method, model_dir, tokenizer)
+    one_step(method, model, groups, tokenizer)
+    model.eval()
+    input_ids, _, attention_mask = collate([encode_chat(tokenizer, c) for c in CONVERSATIONS],
+                                           tokenizer.pad_token_id, "cpu")
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        trained_logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+    save_trained(model, METHODS[method], SETTINGS[method], tmp_path)
+    reloaded = load_for_eval(METHODS[method], model_dir, tmp_path, SETTINGS[method], "cpu")
+    with torch.no_grad():
+        reloaded_logits = reloaded(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+        base_logits = load_for_eval(METHODS["base"], model_dir, None, {}, "cpu")(
+            input_ids=input_ids, attention_mask=attention_mask).logits.float()
+    real = attention_mask.bool()
+    difference = (reloaded_logits - trained_logits)[real].abs().max()
+    training_effect = (base_logits - trained_logits)[real].abs().max()
+    # bf16 rounding of merged weights only: far below what training changed.
+    assert difference < 0.05 * training_effect, (difference, training_effect)

@@ -1,0 +1,122 @@
+"""The real Snakemake DAG, end to end, on the tiny Gemma 3 and small builtin data, for every method."""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from peftbench.methods import METHODS
+from peftbench.trainable import load_for_eval
+
+ROOT = Path(__file__).resolve().parents[1]
+ALL_METHODS = ["base", "lora", "qlora", "galore", "hybrid"]
+pytestmark = pytest.mark.integration
+
+
+def snakemake(*args, check=True):
+    command = [sys.executable, "-m", "snakemake", "--cores", "2", "--snakefile", str(ROOT / "Snakefile"), *args]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def overlay(tmp_path, model_dir, **changes):
+    hf_path = json.loads((model_dir / "model.json").read_text())["path"]
+    config = {
+        "output_dir": str(tmp_path / "results"),
+        "model": {"source": "local", "path": hf_path},
+        "data": {"max_length": 480, "sources": [
+            {"name": name, "builtin": name, "format": "alpaca" if name == "alpaca" else "messages",
+             "train": {"split": split, "n": 8}, "test": {"split": test_split, "n": 3}}
+            for name, split, test_split in [("alpaca", "train", "train"), ("tulu", "train", "train"),
+                                            ("ultrachat", "train_sft", "test_sft")]]},
+        "methods": ALL_METHODS,
+        "training": {"epochs": 1, "batch_size": 4, "log_every": 1},
+        "method_settings": {"galore": {"rank": 8}, "hybrid": {"rank": 8}},
+        "generation": {"max_new_tokens": 8, "batch_size": 4},
+        **changes,
+    }
+    path = tmp_path / "overlay.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, model_dir):
+    tmp_path = tmp_path_factory.mktemp("workflow")
+    config = overlay(tmp_path, model_dir)
+    snakemake("--configfile", str(config))
+    return tmp_path / "results", config
+
+
+def test_report_has_every_method_with_scores_in_range(finished_run):
+    results, _ = finished_run
+    report = (results / "report.md").read_text()
+    for method in ALL_METHODS:
+        assert re.search(rf"^\| {method} +\|", report, re.M), f"no {method} row in the report"
+        scores = json.loads((results / method / "scores.json").read_text())
+        assert 0 <= scores["bleu"] <= 100 and 0 <= scores["rouge_l"] <= 100
+        assert set(scores["per_source"]) == {"alpaca", "tulu", "ultrachat"}
+        assert scores["n"] == 9
+        generations = [json.loads(line) for line in (results / method / "generations.jsonl").read_text().splitlines()]
+        assert {g["source"] for g in generations} == {"alpaca", "tulu", "ultrachat"}
+        assert all(set(g) == {"id", "source", "prompt", "reference", "prediction"} for g in generations)
+    for plot in ("loss.png", "cost.png"):
+        assert (results / plot).read_bytes().startswith(b"\x89PNG")
+        assert f"]({plot})" in report
+    assert "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp" in report
+
+
+def test_train_metrics_are_complete(finished_run):
+    results, _ = finished_run
+    for method in ALL_METHODS[1:]:
+        metrics = json.loads((results / method / "trained" / "train_metrics.json").read_text())
+        assert metrics["steps"] == 6 and len(metrics["loss"]) == 6  # 24 examples, batch 4, 1 epoch
+        assert metrics["train_seconds"] > 0 and metrics["tokens_per_s"] > 0 and metrics["peak_memory_gb"] > 0
+        assert all(torch.isfinite(torch.tensor(h["loss"])) for h in metrics["loss"])
+
+
+def test_trained_adapter_loads_and_changes_the_model(finished_run, model_dir):
+    results, config = finished_run
+    settings = yaml.safe_load(config.read_text())["method_settings"]
+    input_ids = torch.tensor([[2, 10, 20, 30, 40, 50]])
+    base = load_for_eval(METHODS["base"], model_dir, None, {}, "cpu")
+    with torch.no_grad():
+        base_logits = base(input_ids=input_ids).logits
+    from peftbench.config import load_config
+
+    full = load_config(ROOT / "config.yaml", config)
+    for method in ("lora", "qlora", "galore", "hybrid"):
+        model = load_for_eval(METHODS[method], model_dir, results / method / "trained",
+                              full["method_settings"][method], "cpu")
+        with torch.no_grad():
+            assert not torch.allclose(model(input_ids=input_ids).logits, base_logits), method
+    assert settings  # the overlay did change method settings
+
+
+def test_nothing_to_do_on_rerun_and_one_method_reruns_alone(finished_run):
+    results, config = finished_run
+    dry = snakemake("--configfile", str(config), "-n")
+    assert "Nothing to be done" in dry.stdout + dry.stderr
+    (results / "qlora" / "scores.json").unlink()
+    rerun = snakemake(str(results / "qlora" / "scores.json"), "--configfile", str(config))
+    log = rerun.stdout + rerun.stderr
+    assert re.search(r"^score\s+1$", log, re.M) and not re.search(r"^(train|generate)\s+\d", log, re.M)
+
+
+def test_bad_config_stops_the_workflow_with_one_line(tmp_path, model_dir):
+    config = overlay(tmp_path, model_dir, methods=["base", "dora"])
+    result = snakemake("--configfile", str(config), "-n", check=False)
+    assert result.returncode != 0
+    assert "peftbench: config error at methods.1: 'dora' is not one of" in result.stdout + result.stderr
+
+
+def test_lint_is_clean():
+    result = snakemake("--lint", check=False)
+    assert result.returncode == 0, result.stdout + result.stderr

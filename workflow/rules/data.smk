@@ -1,0 +1,23 @@
+rule prepare_data:
+    input:
+        model=rules.prepare_model.output[0],
+    output:
+        train=f"{OUT}/data/train.jsonl",
+        test=f"{OUT}/data/test.jsonl",
+        manifest=f"{OUT}/data/manifest.json",
+    params:
+        data=as_json(config["data"]),
+        seed=config["seed"],
+        out_dir=lambda wildcards, output: os.path.dirname(output.train),
+    conda:
+        "../../environment.yml"
+    log:
+        f"{OUT}/logs/prepare_data.log",
+    benchmark:
+        f"{OUT}/benchmarks/prepare_data.tsv"
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    shell:
+        "peftbench prepare-data --data {params.data:q} --model-dir {input.model} --seed {params.seed}"
+        " --out {params.out_dir} > {log} 2>&1"

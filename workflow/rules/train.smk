@@ -1,0 +1,26 @@
+rule train:
+    input:
+        model=rules.prepare_model.output[0],
+        train=rules.prepare_data.output.train,
+    output:
+        directory(f"{OUT}/{{method}}/trained"),
+    params:
+        settings=method_settings,
+        training=as_json(config["training"]),
+        seed=config["seed"],
+        dtype=config["model"]["dtype"],
+    conda:
+        "../../environment.yml"
+    log:
+        f"{OUT}/logs/train_{{method}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/train_{{method}}.tsv"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=32000,
+        runtime=24 * 60,
+    shell:
+        "peftbench train --method {wildcards.method} --model-dir {input.model} --train {input.train}"
+        " --settings {params.settings:q} --training {params.training:q} --seed {params.seed}"
+        " --dtype {params.dtype} --out {output} > {log} 2>&1"
