@@ -140,3 +140,25 @@ def test_saved_model_reloads_with_the_same_logits(method, model_dir, tokenizer, 
     training_effect = (base_logits - trained_logits)[real].abs().max()
     # bf16 rounding of merged weights only: far below what training changed.
     assert difference < 0.05 * training_effect, (difference, training_effect)
+
+
+def test_stock_loss_and_chunked_loss_match_the_answer_loss(model_dir, tokenizer):
+    """The answer-only loss equals the model's stock loss on the same labels, chunked or not, with the
+    same gradients."""
+    model, groups = build("lora", model_dir, tokenizer)
+    batch = collate([encode_chat(tokenizer, c) for c in CONVERSATIONS], tokenizer.pad_token_id, "cpu")
+    trainable = [p for g in groups for p in g]
+
+    def loss_and_grads(compute):
+        loss = compute()
+        grads = torch.autograd.grad(loss, trainable)
+        return loss.detach(), grads
+
+    input_ids, labels, attention_mask = batch
+    stock = loss_and_grads(lambda: model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss)
+    whole = loss_and_grads(lambda: answer_loss(model, *batch))
+    chunked = loss_and_grads(lambda: answer_loss(model, *batch, chunk=3))
+    for other in (whole, chunked):
+        torch.testing.assert_close(other[0], stock[0], rtol=1e-3, atol=1e-3)
+        for a, b in zip(other[1], stock[1]):
+            torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-4)

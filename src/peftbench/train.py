@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
 from peftbench.chat import IGNORE_INDEX, encode_chat
@@ -35,11 +36,18 @@ def resolve_device(name="auto"):
     return name
 
 
-def batch_order(n_examples, batch_size, epoch, seed):
-    """The same batches in the same order for every method: a seeded permutation per epoch."""
+def batch_order(lengths, batch_size, epoch, seed, group_batches=8):
+    """The same batches in the same order for every method. A seeded permutation per epoch, cut into
+    windows of `group_batches` batches; within a window, examples of similar length share a batch (less
+    padding), and the batches are shuffled again so that lengths don't drift through the epoch."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(n_examples, generator=generator).tolist()
-    return [order[i : i + batch_size] for i in range(0, n_examples, batch_size)]
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    window = batch_size * group_batches
+    batches = []
+    for start in range(0, len(order), window):
+        by_length = sorted(order[start : start + window], key=lambda i: lengths[i])
+        batches += [by_length[i : i + batch_size] for i in range(0, len(by_length), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
 def collate(examples, pad_id, device):
@@ -55,17 +63,48 @@ def collate(examples, pad_id, device):
     return input_ids.to(device), labels.to(device), attention_mask.to(device)
 
 
-def answer_loss(model, input_ids, labels, attention_mask):
+LOSS_CHUNK = 1024  # answer positions per output-layer chunk: bounds the logits' memory on long batches
+
+
+def _summed_cross_entropy(lm_head, hidden, targets):
+    return F.cross_entropy(lm_head(hidden).float(), targets, reduction="sum")
+
+
+def answer_loss(model, input_ids, labels, attention_mask, chunk=LOSS_CHUNK):
     """Mean next-token cross-entropy over the answer tokens. Only the positions that predict an answer
-    token go through lm_head, so the full (tokens x vocabulary) logits never exist."""
+    token go through lm_head, so the full (tokens x vocabulary) logits never exist; past `chunk` positions
+    the output layer runs chunk by chunk and is recomputed in backward (checkpointing), so at most one
+    chunk of logits lives at a time."""
     lm = causal_lm(model)
     if getattr(lm.config, "final_logit_softcapping", None):
         raise NotImplementedError("models with final logit softcapping are not supported")
     hidden = lm.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     targets = labels[:, 1:]
     predicting = targets != IGNORE_INDEX
-    logits = lm.lm_head(hidden[:, :-1][predicting])
-    return F.cross_entropy(logits.float(), targets[predicting])
+    hidden, targets = hidden[:, :-1][predicting], targets[predicting]
+    if len(targets) <= chunk:
+        return _summed_cross_entropy(lm.lm_head, hidden, targets) / len(targets)
+    total = sum(
+        checkpoint(_summed_cross_entropy, lm.lm_head, hidden[i : i + chunk], targets[i : i + chunk], use_reentrant=False)
+        for i in range(0, len(targets), chunk)
+    )
+    return total / len(targets)
+
+
+def training_step(model, optimizer, scheduler, examples, pad_id, trainable, max_grad_norm):
+    """One optimizer step on a batch of (input_ids, labels); returns (loss, real tokens). The benchmark
+    in benchmarks/ calls this same function, so what it measures is what the workflow runs."""
+    device = next(p.device for p in trainable)
+    input_ids, labels, attention_mask = collate(examples, pad_id, device)
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+        loss = answer_loss(model, input_ids, labels, attention_mask)
+    if torch.isfinite(loss):  # a non-finite loss is reported by the caller, before any update
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach(), sum(len(ids) for ids, _ in examples)
 
 
 def peak_memory(device):
@@ -88,6 +127,7 @@ def train(method_name, model_dir, train_path, settings, training, out_dir, seed=
     examples = [encode_chat(tokenizer, row["messages"]) for row in read_jsonl(train_path)]
     if not examples:
         raise UserError(f"{train_path} holds no examples: check data.sources in the config")
+    lengths = [len(ids) for ids, _ in examples]
     model, groups = build_trainable(method, model_dir, settings, training, tokenizer, device, dtype)
     model.train()
     optimizer = method.optimizer(groups, settings, training)
@@ -104,20 +144,18 @@ def train(method_name, model_dir, train_path, settings, training, out_dir, seed=
     start = time.perf_counter()
     progress = tqdm(total=total_steps, desc=f"train {method_name}", mininterval=2)
     for epoch in range(training["epochs"]):
-        for batch in batch_order(len(examples), training["batch_size"], epoch, seed):
-            input_ids, labels, attention_mask = collate([examples[i] for i in batch], tokenizer.pad_token_id, device)
-            with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16):
-                loss = answer_loss(model, input_ids, labels, attention_mask)
+        for batch in batch_order(lengths, training["batch_size"], epoch, seed):
+            try:
+                loss, real_tokens = training_step(model, optimizer, scheduler, [examples[i] for i in batch],
+                                                  tokenizer.pad_token_id, trainable, training["max_grad_norm"])
+            except torch.cuda.OutOfMemoryError:
+                raise UserError(f"CUDA out of memory at step {step + 1}: lower training.batch_size or "
+                                "data.max_length, or set training.gradient_checkpointing: true") from None
             if not torch.isfinite(loss):
                 raise UserError(f"loss is {loss.item()} at step {step + 1}: lower the learning rate "
                                 f"(method_settings.{method_name}) or check the data")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, training["max_grad_norm"])
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
             step += 1
-            tokens_seen += int(attention_mask.sum())
+            tokens_seen += real_tokens
             elapsed = time.perf_counter() - start
             history.append({"step": step, "epoch": epoch + 1, "loss": loss.item(), "lr": scheduler.get_last_lr()[0]})
             progress.update()
