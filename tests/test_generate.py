@@ -1,0 +1,71 @@
+"""The fast greedy decoder gives exactly what transformers' generate(do_sample=False) gives, on the tiny
+random Gemma 3 (sliding_window 16, so prompts longer than that exercise the sliding layers)."""
+import pytest
+import torch
+
+from peftbench.chat import encode_prompt, end_of_turn_id
+from peftbench.generate import (
+    fast_greedy_ids, greedy_answers, plain_greedy_answers, plain_greedy_ids, stop_ids_of, supports_fast_path,
+)
+from peftbench.methods import METHODS
+from peftbench.trainable import load_for_eval
+from tiny import CORPUS
+
+MAX_NEW = 20
+WORDS = " ".join(CORPUS[:4]).split()
+SIZES = (1, 2, 4, 6, 9, 13, 18, 25, 33, 45)  # words per question: prompts of about 8 to 90 tokens
+
+
+@pytest.fixture(scope="module")
+def model(model_dir):
+    # float32: in bf16 two logits often round to the same value, and then any difference in summation
+    # order (another kernel, another batch size: generate itself) may pick either; float32 has no such ties.
+    return load_for_eval(METHODS["base"], model_dir, None, {}, "cpu", "float32")
+
+
+@pytest.fixture(scope="module")
+def prompts(tokenizer):
+    return [encode_prompt(tokenizer, [{"role": "user", "content": " ".join(WORDS[:n])}]) for n in SIZES]
+
+
+@pytest.fixture(scope="module")
+def reference(model, prompts, tokenizer):
+    """generate on each prompt alone (no padding), no stop ids: MAX_NEW tokens per prompt."""
+    return [plain_greedy_ids(model, [p], MAX_NEW, 1, tokenizer.pad_token_id)[0] for p in prompts]
+
+
+def test_prompts_exercise_padding_and_sliding_layers(model, prompts, reference):
+    window = model.config.sliding_window
+    assert supports_fast_path(model) and "sliding_attention" in model.config.layer_types
+    assert len(set(map(len, prompts))) == len(prompts) and max(map(len, prompts)) > 3 * window
+    assert all(len(ids) == MAX_NEW for ids in reference) and len({tuple(ids) for ids in reference}) > 5
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 10])
+def test_fast_path_equals_generate(model, prompts, reference, tokenizer, batch_size):
+    assert fast_greedy_ids(model, prompts, MAX_NEW, batch_size, tokenizer.pad_token_id) == reference
+
+
+def test_row_stops_at_end_of_turn(model, prompts, reference, tokenizer):
+    """Make the model say <end_of_turn> wherever it would have said `swapped`: those rows stop there."""
+    eot, swapped = end_of_turn_id(tokenizer), reference[-1][3]
+    stops = set(stop_ids_of(tokenizer)) | {swapped}
+    expected = [next((ids[:k] for k, t in enumerate(ids) if t in stops), ids) for ids in reference]
+    assert sum(len(ids) < MAX_NEW for ids in expected) >= 1 and len(expected[-1]) <= 3
+
+    def say_end_of_turn(module, args, logits):
+        logits = logits.clone()
+        hit = logits.argmax(-1) == swapped
+        logits[..., eot] = torch.where(hit, logits.max(-1).values + 10, logits[..., eot])
+        return logits
+
+    hook = model.lm_head.register_forward_hook(say_end_of_turn)
+    try:
+        stop_ids = stop_ids_of(tokenizer)
+        assert fast_greedy_ids(model, prompts, MAX_NEW, 3, tokenizer.pad_token_id, stop_ids) == expected
+        assert plain_greedy_ids(model, prompts, MAX_NEW, 3, tokenizer.pad_token_id, stop_ids) == expected
+        answers = greedy_answers(model, tokenizer, prompts, MAX_NEW, 4, "cpu")
+        assert answers == plain_greedy_answers(model, tokenizer, prompts, MAX_NEW, 4, "cpu")
+        assert answers[-1] == tokenizer.decode(expected[-1], skip_special_tokens=True).strip()
+    finally:
+        hook.remove()
