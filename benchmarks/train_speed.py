@@ -1,0 +1,267 @@
+"""Training speed and memory at the gemma-3-1b-it shape: the plain recipe vs peftbench's own path.
+
+No checkpoint reaches the GPU machine, so the model is the real architecture (gemma-3-1b-it.config.json,
+copied from the hub's config) with random bf16 weights: speed and memory do not depend on weight values.
+For each method, in the same process and run, on the same synthetic batches:
+  plain      padded batches, the model's stock loss (full logits), peft defaults (fp32 adapters, dropout
+             0.05, prepare_model_for_kbit_training for 4-bit), GaLore over bf16 weights;
+  peftbench  peftbench.trainable.build_trainable + peftbench.train.training_step on batches from
+             peftbench.train.batch_order, exactly as the workflow trains: the same examples and the same
+             number of examples per optimizer step, grouped by length (so less padding).
+
+Synthetic lengths (tokens per conversation, seeded), a 1:1:1 mix like alpaca / tulu-v2 / ultrachat_200k
+cut at 1024: lognormal with medians 150, 450 and 1100 (sigma 0.6, 0.9, 0.5), at least 32 tokens; the
+answer (the trained part) is the last 60 % of each conversation.
+
+  python benchmarks/train_speed.py --tokenizer DIR            # on the GPU: writes benchmarks/train.json, .md
+  python benchmarks/train_speed.py --tiny --steps 2 --out /tmp # CPU smoke test on a tiny model
+"""
+import argparse
+import gc
+import json
+import math
+import platform
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from peftbench.chat import IGNORE_INDEX  # noqa: E402
+from peftbench.methods import METHODS  # noqa: E402
+from peftbench.model import load_model, prepare_model  # noqa: E402
+from peftbench.train import batch_order, training_step  # noqa: E402
+from peftbench.trainable import build_trainable  # noqa: E402
+
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+MIX = [(150, 0.6), (450, 0.9), (1100, 0.5)]  # (median tokens, lognormal sigma) per source
+H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s of an H100 SXM
+STUDY_EXAMPLES, STUDY_EPOCHS = 15_000, 2
+
+
+def synthetic_examples(n, max_length, vocab_size, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    examples = []
+    for i in range(n):
+        median, sigma = MIX[i % 3]
+        length = int(math.exp(math.log(median) + sigma * torch.randn(1, generator=generator).item()))
+        length = max(32, min(max_length, length))
+        ids = torch.randint(vocab_size // 8, vocab_size - 8, (length,), generator=generator).tolist()
+        ids[0] = 2  # <bos>
+        answer_start = int(0.4 * length)
+        examples.append((ids, [IGNORE_INDEX] * answer_start + ids[answer_start:]))
+    return examples
+
+
+def make_model_dir(work, tokenizer_dir, tiny):
+    """A prepare_model folder over random weights of the real (or, with --tiny, a toy) architecture."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    hf = work / "hf"
+    if tiny:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from tiny import make_tiny_model
+
+        make_tiny_model(hf)
+    else:
+        config = AutoConfig.from_pretrained(Path(__file__).with_name("gemma-3-1b-it.config.json"))
+        with torch.device("cuda"):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        model.save_pretrained(hf)
+        del model
+        AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(hf)
+    prepare_model({"source": "local", "path": str(hf)}, work / "model")
+    return work / "model"
+
+
+# ----------------------------------------------------------------------------- the plain recipe
+
+def plain_model(method, model_dir, settings):
+    """The seeds' recipe: stock peft/bitsandbytes/galore usage, no peftbench code."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    quantization = METHODS[method].quantization(settings)
+    model = load_model(model_dir, "bfloat16", "cuda" if torch.cuda.is_available() else "cpu", quantization)
+    if quantization is not None:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    model.requires_grad_(False)
+    lora_targets = METHODS[method].lora_targets(settings)
+    if lora_targets:
+        lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=list(lora_targets),
+                          task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
+    full_rank = [m.weight for n, m in model.named_modules()
+                 if n.split(".")[-1] in METHODS[method].full_rank_targets(settings)
+                 and isinstance(m, torch.nn.Linear) and ".layers." in n]
+    for weight in full_rank:
+        weight.requires_grad_(True)
+    lora_params = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
+    if full_rank:
+        from galore_torch import GaLoreAdamW
+
+        groups = [{"params": full_rank, "rank": settings["rank"], "update_proj_gap": settings["update_proj_gap"],
+                   "scale": settings["scale"], "proj_type": "std"}]
+        if lora_params:
+            groups.append({"params": lora_params})
+        optimizer = GaLoreAdamW(groups, lr=1e-5)
+    else:
+        optimizer = torch.optim.AdamW(lora_params, lr=2e-4)
+    return model, optimizer, lora_params + full_rank
+
+
+def plain_step(model, optimizer, examples, pad_id, trainable):
+    from peftbench.train import collate
+
+    device = next(p.device for p in trainable)
+    input_ids, labels, attention_mask = collate(examples, pad_id, device)
+    loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach(), int(attention_mask.sum())
+
+
+# ----------------------------------------------------------------------------- measuring
+
+def measure(step, batches):
+    """One untimed pass over all batches (first-use costs of every shape: kernels, allocator), then a
+    timed pass over the same batches; returns tokens/s, and the peak memory over both passes."""
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    for batch in batches:
+        step(batch)
+    if cuda:
+        torch.cuda.synchronize()
+    tokens, losses, start = 0, [], time.perf_counter()
+    for batch in batches:
+        loss, real = step(batch)
+        tokens += real
+        losses.append(loss)
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    result = {"tokens_per_s": tokens / seconds, "seconds": seconds, "tokens": tokens,
+              "final_loss": float(losses[-1])}
+    if cuda:
+        result.update(peak_alloc_gb=torch.cuda.max_memory_allocated() / 1e9,
+                      peak_reserved_gb=torch.cuda.max_memory_reserved() / 1e9)
+    return result
+
+
+def free_memory():
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def model_flops_per_token(config, mean_length):
+    """6 N + 12 L H Dh T (PaLM's model FLOPs): N counts every matmul weight including the output layer."""
+    d, f, L = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    q, kv = config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim
+    n_matmul = L * (d * q + 2 * d * kv + q * d + 3 * d * f) + config.vocab_size * d
+    return 6 * n_matmul + 12 * L * q * mean_length
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokenizer", help="folder with a Gemma 3 tokenizer (the same for 270M and 1B)")
+    parser.add_argument("--methods", nargs="+", default=["lora", "qlora", "galore", "hybrid"])
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=10, help="optimizer steps per pass (one warmup, one timed)")
+    parser.add_argument("--max-length", type=int, default=1024)
+    parser.add_argument("--work", default="/tmp/peftbench-bench")
+    parser.add_argument("--out", default=str(Path(__file__).parent))
+    parser.add_argument("--tiny", action="store_true", help="toy model on CPU (smoke test)")
+    args = parser.parse_args(argv)
+
+    import yaml
+
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    work = Path(args.work)
+    model_dir = make_model_dir(work, args.tokenizer, args.tiny)
+    from peftbench.model import load_tokenizer, model_path
+    from transformers import AutoConfig
+
+    tokenizer = load_tokenizer(model_dir)
+    model_config = AutoConfig.from_pretrained(model_path(model_dir))
+    n_examples = args.batch_size * args.steps
+    examples = synthetic_examples(n_examples, args.max_length, model_config.vocab_size)
+    batches = [examples[i : i + args.batch_size] for i in range(0, n_examples, args.batch_size)]
+    # peftbench's path batches the same examples as the workflow does: length-grouped, same batch size.
+    grouped = [[examples[i] for i in b] for b in batch_order([len(ids) for ids, _ in examples], args.batch_size, 0, 0)]
+    mean_length = sum(len(ids) for ids, _ in examples) / len(examples)
+    flops_per_token = model_flops_per_token(model_config, mean_length)
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    peak_flops = H100_BF16_PEAK if "H100" in gpu else None
+
+    results = {}
+    for method in args.methods:
+        settings = dict(config["method_settings"][method])
+        if args.tiny:
+            settings.update(rank=8) if "rank" in settings else None
+        results[method] = {}
+        model, optimizer, trainable = plain_model(method, model_dir, settings)
+        results[method]["plain"] = measure(
+            lambda b: plain_step(model, optimizer, b, tokenizer.pad_token_id, trainable), batches)
+        del model, optimizer, trainable
+        free_memory()
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        model, groups = build_trainable(METHODS[method], model_dir, settings, config["training"], tokenizer, device)
+        optimizer = METHODS[method].optimizer(groups, settings, config["training"])
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        trainable = [p for group in groups for p in group]
+        results[method]["peftbench"] = measure(
+            lambda b: training_step(model, optimizer, scheduler, b, tokenizer.pad_token_id, trainable, 1.0),
+            grouped)
+        del model, optimizer, scheduler, trainable, groups
+        free_memory()
+        for path in ("plain", "peftbench"):
+            r = results[method][path]
+            r["mfu"] = r["tokens_per_s"] * flops_per_token / peak_flops if peak_flops else None
+        p, f = results[method]["plain"], results[method]["peftbench"]
+        results[method]["speedup"] = f["tokens_per_s"] / p["tokens_per_s"]
+        if "peak_alloc_gb" in p:
+            results[method]["memory_ratio"] = f["peak_alloc_gb"] / p["peak_alloc_gb"]
+        study_tokens = STUDY_EXAMPLES * STUDY_EPOCHS * mean_length
+        results[method]["study_hours"] = {k: study_tokens / results[method][k]["tokens_per_s"] / 3600
+                                          for k in ("plain", "peftbench")}
+        print(method, json.dumps(results[method]), flush=True)
+
+    command = "python benchmarks/train_speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    report = {
+        "gpu": gpu,
+        "command": command,
+        "shape": "gemma-3-1b-it (random weights)" if not args.tiny else "tiny",
+        "batch_size": args.batch_size, "timed_steps": args.steps, "warmup": "one untimed pass over the same batches",
+        "mean_tokens_per_example": mean_length, "model_flops_per_token": flops_per_token,
+        "versions": {name: version(name) for name in ("torch", "transformers", "peft", "bitsandbytes", "galore-torch")},
+        "python": platform.python_version(),
+        "methods": results,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [f"# Training speed at the {report['shape']} shape on {gpu}", "", f"Command: `{command}`", "",
+             "| method | path | real tokens/s | peak alloc (GB) | peak reserved (GB) | MFU | study time (h) |",
+             "|---|---|---|---|---|---|---|"]
+    for method, r in results.items():
+        for path in ("plain", "peftbench"):
+            m = r[path]
+            mfu = "" if m["mfu"] is None else f"{100 * m['mfu']:.1f} %"
+            lines.append(f"| {method} | {path} | {m['tokens_per_s']:,.0f} | {m.get('peak_alloc_gb', float('nan')):.1f} | "
+                         f"{m.get('peak_reserved_gb', float('nan')):.1f} | {mfu} | {r['study_hours'][path]:.2f} |")
+    lines += ["", "Study time: 15,000 examples x 2 epochs at the measured tokens/s "
+              f"(mean {mean_length:.0f} tokens per example)."]
+    (out / "train.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
