@@ -148,6 +148,11 @@ def build_report(config, scores, metrics, manifest, benchmarks, out_path):
         "",
         *methods_lines,
         "",
+        "**Where the memory goes:** activations (identical for every method at the same batch and length) "
+        "are most of the peak; the methods differ in weights, gradients and optimizer state:",
+        "",
+        *[f"- **{m}**: {METHODS[m].MEMORY}" for m in scores if METHODS[m].TRAINS],
+        "",
         "**Fairness:** every trained method sees the same examples in the same order (one seeded "
         "permutation per epoch), the same epochs, batch size and maximum length, and trains the same two "
         f"turn-token embedding rows ({', '.join(training['trainable_tokens']) or 'none'}) so that it can learn "

@@ -116,4 +116,4 @@ def load_for_eval(method, model_dir, trained_dir, settings, device, dtype="bfloa
             raise ValueError(f"{trained_dir / FULL_WEIGHTS} does not fit this model: {result.unexpected_keys[:3]}")
     if (trained_dir / ADAPTER_DIR).exists():
         model = PeftModel.from_pretrained(model, trained_dir / ADAPTER_DIR).merge_and_unload()
-    return model.to(DTYPES[dtype]).eval()
+    return model.to(DTYPES[dtype]).eval().requires_grad_(False)

@@ -1,7 +1,7 @@
 """The registry of fine-tuning methods. A new method is one module here plus one entry below.
 
 A method module declares what it changes in the base model, and trainable.py does the rest:
-  NAME, SUMMARY                  name and a one-line description for the report
+  NAME, SUMMARY, MEMORY          name, a one-line description and where its memory goes, for the report
   TRAINS                         False for the untrained baseline
   quantization(settings)         a BitsAndBytesConfig for the frozen base weights, or None
   lora_targets(settings)         leaf module names that get LoRA adapters ([] for none)

@@ -1,6 +1,7 @@
 """base: the untrained model, the baseline every method is compared to."""
 NAME = "base"
 SUMMARY = "no training: the model as downloaded"
+MEMORY = "not trained"
 TRAINS = False
 
 

@@ -6,6 +6,8 @@ except the turn tokens' embedding rows, which every method trains, in a plain Ad
 """
 NAME = "galore"
 SUMMARY = "full-rank projections, gradients projected to low rank (GaLoreAdamW)"
+MEMORY = ("every projection trains full-rank: fp32 master weights and gradients for all of them; GaLore "
+          "keeps only their Adam state low-rank, so it is the largest of the four")
 TRAINS = True
 
 

@@ -3,6 +3,7 @@ import torch
 
 NAME = "lora"
 SUMMARY = "LoRA adapters on a frozen bf16 base"
+MEMORY = ("bf16 base weights (frozen) + small fp32 adapters and their Adam state; activations dominate")
 TRAINS = True
 
 
