@@ -221,7 +221,8 @@ def prepare_data(data_cfg: dict, model_dir, out_dir, seed=0) -> dict:
             train_rows += train
             test_rows += test
         if len({prompt_key(r["messages"]) for r in train_rows} & {prompt_key(r["messages"]) for r in test_rows}):
-            raise RuntimeError("a test prompt appears in train across sources")  # same text in two sources
+            raise UserError("a test prompt of one source is a train prompt of another: two sources share "
+                            "examples; remove one of them from data.sources")
         write_jsonl(tmp / "train.jsonl", train_rows)
         write_jsonl(tmp / "test.jsonl", test_rows)
         manifest["files"] = {f: sha256_file(tmp / f) for f in ("train.jsonl", "test.jsonl")}

@@ -112,6 +112,10 @@ def plain_greedy_answers(model, tokenizer, prompts, max_new_tokens, batch_size, 
     """greedy_answers through model.generate (for comparison)."""
     ids = plain_greedy_ids(model, prompts, max_new_tokens, batch_size, tokenizer.pad_token_id,
                            stop_ids_of(tokenizer), device)
+    return decode_answers(tokenizer, ids)
+
+
+def decode_answers(tokenizer, ids):
     return [tokenizer.decode(answer, skip_special_tokens=True).strip() for answer in ids]
 
 
@@ -292,7 +296,7 @@ def greedy_answers(model, tokenizer, prompts, max_new_tokens, batch_size, device
     """Greedy continuation of each prompt (lists of token ids), cut at the end of the turn; returns texts."""
     ids_of = fast_greedy_ids if supports_fast_path(model) else plain_greedy_ids
     ids = ids_of(model, prompts, max_new_tokens, batch_size, tokenizer.pad_token_id, stop_ids_of(tokenizer), device)
-    return [tokenizer.decode(answer, skip_special_tokens=True).strip() for answer in ids]
+    return decode_answers(tokenizer, ids)
 
 
 def generate(method_name, model_dir, trained_dir, test_path, settings, generation, out_path,
