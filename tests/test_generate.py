@@ -1,5 +1,7 @@
 """The fast greedy decoder gives exactly what transformers' generate(do_sample=False) gives, on the tiny
 random Gemma 3 (sliding_window 16, so prompts longer than that exercise the sliding layers)."""
+import json
+
 import pytest
 import torch
 
@@ -69,3 +71,43 @@ def test_row_stops_at_end_of_turn(model, prompts, reference, tokenizer):
         assert answers[-1] == tokenizer.decode(expected[-1], skip_special_tokens=True).strip()
     finally:
         hook.remove()
+
+
+def test_killed_generation_resumes_after_the_last_finished_chunk(tmp_path, model_dir, monkeypatch):
+    """A run that dies after its first chunk keeps that chunk; the rerun answers only the rest, and the
+    result equals an uninterrupted run's."""
+    import peftbench.generate as generation_module
+    from peftbench.io import read_jsonl
+
+    rows = [{"id": str(i), "source": "s", "messages": [{"role": "user", "content": f"Question number {i}?" * (i + 1)},
+                                                        {"role": "assistant", "content": "An answer."}]}
+            for i in range(7)]
+    test_path = tmp_path / "test.jsonl"
+    test_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    settings = {"max_new_tokens": 6, "batch_size": 2}
+    run = lambda out: generation_module.generate("base", model_dir, None, test_path, {}, settings, out,  # noqa: E731
+                                                 device="cpu", chunk_prompts=3)
+    run(tmp_path / "whole.jsonl")
+
+    class Killed(Exception):
+        pass
+
+    real_answers, calls, kill = generation_module.greedy_answers, [], [True]
+
+    def dies_on_second_chunk(model, tokenizer, prompts, *args):
+        calls.append(len(prompts))
+        if kill[0] and len(calls) == 2:
+            raise Killed()
+        return real_answers(model, tokenizer, prompts, *args)
+
+    monkeypatch.setattr(generation_module, "greedy_answers", dies_on_second_chunk)
+    out = tmp_path / "resumed.jsonl"
+    with pytest.raises(Killed):
+        run(out)
+    assert not out.exists()
+    calls.clear()
+    kill[0] = False
+    run(out)
+    assert calls == [3, 1]  # chunk 1 (3 prompts) was kept; chunks 2 and 3 are answered now
+    assert read_jsonl(out) == read_jsonl(tmp_path / "whole.jsonl")
+    assert not (tmp_path / ".resumed.jsonl.chunks").exists()

@@ -15,15 +15,18 @@ two logits can round to the same value; which one wins then depends on summation
 which differs between any two ways of batching, for generate itself too.)
 """
 import argparse
+import hashlib
 import json
 import logging
+import shutil
 import time
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from peftbench.chat import encode_prompt, end_of_turn_id, split_prompt_reference
-from peftbench.io import read_jsonl, write_jsonl
+from peftbench.io import read_json, read_jsonl, write_json, write_jsonl
 from peftbench.methods import METHODS
 from peftbench.model import load_tokenizer
 from peftbench.train import resolve_device
@@ -299,21 +302,58 @@ def greedy_answers(model, tokenizer, prompts, max_new_tokens, batch_size, device
     return decode_answers(tokenizer, ids)
 
 
+CHUNK_PROMPTS = 2048  # answers are saved every this many prompts, so a killed run loses at most one chunk
+
+
+def _resume_key(method_name, trained_dir, test_path, settings, generation, dtype):
+    """A hash of everything the answers depend on: a chunk saved under another key is never reused."""
+    digest = hashlib.sha256(json.dumps([method_name, settings, generation, dtype], sort_keys=True).encode())
+    files = [Path(test_path)] + (sorted(p for p in Path(trained_dir).rglob("*") if p.is_file()) if trained_dir else [])
+    for path in files:
+        digest.update(path.name.encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 def generate(method_name, model_dir, trained_dir, test_path, settings, generation, out_path,
-             dtype="bfloat16", device="auto"):
+             dtype="bfloat16", device="auto", chunk_prompts=CHUNK_PROMPTS):
+    """Answer every test prompt, chunk by chunk. Finished chunks are kept beside out_path (not in it:
+    Snakemake deletes a job's outputs before it reruns), so a rerun after a kill resumes after the
+    last finished chunk; a changed setting, model or test set starts afresh."""
     device = resolve_device(device)
-    tokenizer = load_tokenizer(model_dir)
-    model = load_for_eval(METHODS[method_name], model_dir, trained_dir, settings, device, dtype)
+    out_path = Path(out_path)
+    chunks_root = out_path.parent / f".{out_path.name}.chunks"
+    key = _resume_key(method_name, trained_dir, test_path, settings, generation, dtype)
+    for stale in chunks_root.glob("*"):
+        if stale.name != key:
+            shutil.rmtree(stale)
+    chunk_dir = chunks_root / key
     rows = read_jsonl(test_path)
     split = [split_prompt_reference(row["messages"]) for row in rows]
-    prompts = [encode_prompt(tokenizer, prompt) for prompt, _ in split]
-    start = time.perf_counter()
-    answers = greedy_answers(model, tokenizer, prompts, generation["max_new_tokens"], generation["batch_size"], device)
+    tokenizer = model = None
+    answers, start = [], time.perf_counter()
+    for first in range(0, len(rows), chunk_prompts):
+        chunk_path = chunk_dir / f"{first:08d}.json"
+        if chunk_path.exists():
+            answers += read_json(chunk_path)
+            log.info("%s: prompts %d-%d already answered (resumed)", method_name, first, first + chunk_prompts)
+            continue
+        if model is None:  # load only when something is left to do
+            tokenizer = load_tokenizer(model_dir)
+            model = load_for_eval(METHODS[method_name], model_dir, trained_dir, settings, device, dtype)
+        prompts = [encode_prompt(tokenizer, prompt) for prompt, _ in split[first : first + chunk_prompts]]
+        chunk = greedy_answers(model, tokenizer, prompts, generation["max_new_tokens"], generation["batch_size"],
+                               device)
+        write_json(chunk_path, chunk)
+        answers += chunk
     log.info("%s: %d answers in %.0f s", method_name, len(answers), time.perf_counter() - start)
     write_jsonl(out_path, (
         {"id": row["id"], "source": row["source"], "prompt": prompt, "reference": reference, "prediction": answer}
         for row, (prompt, reference), answer in zip(rows, split, answers)
     ))
+    shutil.rmtree(chunks_root, ignore_errors=True)
 
 
 def main(argv=None):
