@@ -65,7 +65,7 @@ def _load_hub(source, split):
                             "and set HF_TOKEN") from None
         if "doesn't exist" in text or "not found" in text:
             raise UserError(f"dataset {name} (split {split}) not found: check data.sources in the config") from None
-        if "offline" in text or "connection" in text or "resolve" in text:
+        if isinstance(error, ConnectionError) or "offline" in text or "couldn't reach" in text:
             raise UserError(f"dataset {name} is not cached and the hub cannot be reached: connect to the "
                             "internet, or run once online so HF_HUB_OFFLINE=1 finds it in the cache") from None
         raise
