@@ -65,6 +65,13 @@ def _by_length(prompts, batch_size):
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def _store(results, batch, generated, stop_ids, progress):
+    """Put each row's new ids, cut at the first stop id, at its prompt's index; advance the bar."""
+    for row, index in enumerate(batch):
+        results[index] = cut_at_stop(generated[row], stop_ids)
+    progress.update([results[i] for i in batch])
+
+
 class _Progress:
     """A tqdm bar over prompts that shows new (answer) tokens per second."""
 
@@ -104,9 +111,7 @@ def plain_greedy_ids(model, prompts, max_new_tokens, batch_size, pad_id, stop_id
             pad_token_id=pad_id,
         )
         generated = output[:, input_ids.shape[1] :].tolist()
-        for row, index in enumerate(batch):
-            results[index] = cut_at_stop(generated[row], stop_ids)
-        progress.update([results[i] for i in batch])
+        _store(results, batch, generated, stop_ids, progress)
     progress.close()
     return results
 
@@ -288,9 +293,7 @@ def fast_greedy_ids(model, prompts, max_new_tokens, batch_size, pad_id, stop_ids
                 break
             new.append(decoder.step())
         generated = torch.stack(new, 1).tolist()
-        for row, index in enumerate(batch):
-            results[index] = cut_at_stop(generated[row], stop_ids)
-        progress.update([results[i] for i in batch])
+        _store(results, batch, generated, stop_ids, progress)
     progress.close()
     return results
 

@@ -153,8 +153,9 @@ def build_report(config, scores, metrics, manifest, benchmarks, out_path):
         "",
         *[f"- **{m}**: {METHODS[m].MEMORY}" for m in scores if METHODS[m].TRAINS],
         "",
-        "**Fairness:** every trained method sees the same examples in the same order (one seeded "
-        "permutation per epoch), the same epochs, batch size and maximum length, and trains the same two "
+        "**Fairness:** every trained method sees the same batches in the same order (one seeded "
+        "permutation per epoch, grouped by length within windows of 8 batches), the same epochs, batch size "
+        "and maximum length, and trains the same two "
         f"turn-token embedding rows ({', '.join(training['trainable_tokens']) or 'none'}) so that it can learn "
         "to end its turn. The loss covers the assistant's answers only.",
         "",
