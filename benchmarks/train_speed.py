@@ -89,6 +89,7 @@ def plain_model(method, model_dir, settings):
     if quantization is not None:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     model.requires_grad_(False)
+    model.train()  # as the seeds trained: LoRA dropout active
     lora_targets = METHODS[method].lora_targets(settings)
     if lora_targets:
         lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=list(lora_targets),
@@ -178,6 +179,8 @@ def main(argv=None):
     parser.add_argument("--work", default="/tmp/peftbench-bench")
     parser.add_argument("--out", default=str(Path(__file__).parent))
     parser.add_argument("--tiny", action="store_true", help="toy model on CPU (smoke test)")
+    parser.add_argument("--checkpointing", action="store_true",
+                        help="also measure peftbench's path with training.gradient_checkpointing: true")
     args = parser.parse_args(argv)
 
     import yaml
@@ -213,16 +216,21 @@ def main(argv=None):
         free_memory()
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        model, groups = build_trainable(METHODS[method], model_dir, settings, config["training"], tokenizer, device)
-        optimizer = METHODS[method].optimizer(groups, settings, config["training"])
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-        trainable = [p for group in groups for p in group]
-        results[method]["peftbench"] = measure(
-            lambda b: training_step(model, optimizer, scheduler, b, tokenizer.pad_token_id, trainable, 1.0),
-            grouped)
-        del model, optimizer, scheduler, trainable, groups
-        free_memory()
-        for path in ("plain", "peftbench"):
+        paths = {"peftbench": config["training"]}
+        if args.checkpointing:  # the same path with the memory knob on
+            paths["peftbench + checkpointing"] = dict(config["training"], gradient_checkpointing=True)
+        for path, training in paths.items():
+            model, groups = build_trainable(METHODS[method], model_dir, settings, training, tokenizer, device)
+            model.train()
+            optimizer = METHODS[method].optimizer(groups, settings, training)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+            trainable = [p for group in groups for p in group]
+            results[method][path] = measure(
+                lambda b: training_step(model, optimizer, scheduler, b, trainable, 1.0), grouped)
+            del model, optimizer, scheduler, trainable, groups
+            torch._dynamo.reset()
+            free_memory()
+        for path in ["plain", *paths]:
             r = results[method][path]
             r["mfu"] = r["tokens_per_s"] * flops_per_token / peak_flops if peak_flops else None
         p, f = results[method]["plain"], results[method]["peftbench"]
@@ -231,7 +239,7 @@ def main(argv=None):
             results[method]["memory_ratio"] = f["peak_alloc_gb"] / p["peak_alloc_gb"]
         study_tokens = STUDY_EXAMPLES * STUDY_EPOCHS * mean_length
         results[method]["study_hours"] = {k: study_tokens / results[method][k]["tokens_per_s"] / 3600
-                                          for k in ("plain", "peftbench")}
+                                          for k in ["plain", *paths]}
         print(method, json.dumps(results[method]), flush=True)
 
     command = "python benchmarks/train_speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -252,7 +260,7 @@ def main(argv=None):
              "| method | path | real tokens/s | peak alloc (GB) | peak reserved (GB) | MFU | study time (h) |",
              "|---|---|---|---|---|---|---|"]
     for method, r in results.items():
-        for path in ("plain", "peftbench"):
+        for path in r["study_hours"]:
             m = r[path]
             mfu = "" if m["mfu"] is None else f"{100 * m['mfu']:.1f} %"
             lines.append(f"| {method} | {path} | {m['tokens_per_s']:,.0f} | {m.get('peak_alloc_gb', float('nan')):.1f} | "

@@ -4,12 +4,12 @@ import torch
 
 from peftbench.chat import encode_chat
 from peftbench.methods import METHODS
-from peftbench.train import answer_loss, collate
+from peftbench.train import answer_loss, collate, pack
 from peftbench.trainable import build_trainable, causal_lm, load_for_eval, save_trained
 
 ATTENTION = {"q_proj", "k_proj", "v_proj", "o_proj"}
 MLP = {"gate_proj", "up_proj", "down_proj"}
-TRAINING = {"gradient_checkpointing": False, "trainable_tokens": ["<start_of_turn>", "<end_of_turn>"],
+TRAINING = {"gradient_checkpointing": False, "compile": True, "trainable_tokens": ["<start_of_turn>", "<end_of_turn>"],
             "trainable_tokens_lr": 1e-2, "weight_decay": 0.0}
 SETTINGS = {
     "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": sorted(ATTENTION | MLP), "lr": 1e-2},
@@ -24,6 +24,10 @@ CONVERSATIONS = [
      {"role": "assistant", "content": "It returns the value of the argument."}],
     [{"role": "user", "content": "Which module provides dedent?"},
      {"role": "assistant", "content": "The textwrap module: from textwrap import dedent."}],
+    [{"role": "user", "content": "The signature is json.dumps(obj, *, skipkeys=False). Explain this keyword."},
+     {"role": "assistant", "content": "Name some functions from the math module: gcd, sqrt and floor."},
+     {"role": "user", "content": "Which module provides dedent?"},
+     {"role": "assistant", "content": "It returns the value of the argument: from textwrap import dedent."}],
 ]
 
 
@@ -91,7 +95,7 @@ def base_state(model):
 
 def one_step(method, model, groups, tokenizer):
     optimizer = METHODS[method].optimizer(groups, SETTINGS[method], TRAINING)
-    batch = collate([encode_chat(tokenizer, c) for c in CONVERSATIONS], tokenizer.pad_token_id, "cpu")
+    batch = pack([encode_chat(tokenizer, c) for c in CONVERSATIONS], "cpu")
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = answer_loss(model, *batch)
     loss.backward()
@@ -142,23 +146,31 @@ def test_saved_model_reloads_with_the_same_logits(method, model_dir, tokenizer, 
     assert difference < 0.05 * training_effect, (difference, training_effect)
 
 
-def test_stock_loss_and_chunked_loss_match_the_answer_loss(model_dir, tokenizer):
-    """The answer-only loss equals the model's stock loss on the same labels, chunked or not, with the
-    same gradients."""
+def test_packed_answer_loss_matches_the_stock_loss_on_padded_batches(model_dir, tokenizer):
+    """Training's path (examples packed into one row, answer-only loss, chunked or not) gives the plain
+    recipe's loss and gradients (padded rows, the model's stock loss): attention never crosses examples,
+    sliding windows included (the tiny model's window is 16 tokens, shorter than these conversations)."""
     model, groups = build("lora", model_dir, tokenizer)
-    batch = collate([encode_chat(tokenizer, c) for c in CONVERSATIONS], tokenizer.pad_token_id, "cpu")
+    for name, weight in model.named_parameters():  # B starts at zero: A's gradients would be zero on both paths
+        if "lora_B" in name:
+            torch.nn.init.normal_(weight, std=0.02)
+    examples = [encode_chat(tokenizer, c) for c in CONVERSATIONS]
+    assert all(len(ids) > 16 for ids, _ in examples)
     trainable = [p for g in groups for p in g]
 
     def loss_and_grads(compute):
-        loss = compute()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = compute()
         grads = torch.autograd.grad(loss, trainable)
         return loss.detach(), grads
 
-    input_ids, labels, attention_mask = batch
+    input_ids, labels, attention_mask = collate(examples, tokenizer.pad_token_id, "cpu")
+    packed = pack(examples, "cpu")
+    assert packed[0].shape == (1, sum(len(ids) for ids, _ in examples))
     stock = loss_and_grads(lambda: model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss)
-    whole = loss_and_grads(lambda: answer_loss(model, *batch))
-    chunked = loss_and_grads(lambda: answer_loss(model, *batch, chunk=3))
+    whole = loss_and_grads(lambda: answer_loss(model, *packed))
+    chunked = loss_and_grads(lambda: answer_loss(model, *packed, chunk=3))
     for other in (whole, chunked):
-        torch.testing.assert_close(other[0], stock[0], rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(other[0], stock[0], rtol=2e-2, atol=2e-2)  # bf16 compute
         for a, b in zip(other[1], stock[1]):
-            torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-4)
+            torch.testing.assert_close(a, b, rtol=5e-2, atol=1e-2 * b.abs().max().item())

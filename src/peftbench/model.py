@@ -108,7 +108,7 @@ def load_tokenizer(model_dir):
     return AutoTokenizer.from_pretrained(model_path(model_dir))
 
 
-def load_model(model_dir, dtype="bfloat16", device="cpu", quantization_config=None):
+def load_model(model_dir, dtype="bfloat16", device="cpu", quantization_config=None, attention="sdpa"):
     """Load the base model; never runs remote code, only safetensors weights."""
     from transformers import AutoModelForCausalLM
 
@@ -117,7 +117,7 @@ def load_model(model_dir, dtype="bfloat16", device="cpu", quantization_config=No
         dtype=DTYPES[dtype],
         device_map=device,
         quantization_config=quantization_config,
-        attn_implementation="sdpa",
+        attn_implementation=attention,
         use_safetensors=True,
         trust_remote_code=False,
     )

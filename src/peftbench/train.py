@@ -24,7 +24,7 @@ from peftbench.io import atomic_dir, read_jsonl, write_json
 from peftbench.methods import METHODS
 from peftbench.errors import UserError
 from peftbench.model import load_tokenizer
-from peftbench.trainable import build_trainable, causal_lm, save_trained
+from peftbench.trainable import TokenRows, build_trainable, causal_lm, save_trained
 
 log = logging.getLogger(__name__)
 METRICS = "train_metrics.json"
@@ -51,7 +51,8 @@ def batch_order(lengths, batch_size, epoch, seed, group_batches=8):
 
 
 def collate(examples, pad_id, device):
-    """Right-pad a list of (input_ids, labels) into tensors."""
+    """Right-pad a list of (input_ids, labels) into tensors: the plain recipe's batches (the reference in
+    tests and benchmarks; training packs instead)."""
     width = max(len(ids) for ids, _ in examples)
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
@@ -63,14 +64,34 @@ def collate(examples, pad_id, device):
     return input_ids.to(device), labels.to(device), attention_mask.to(device)
 
 
+def pack(examples, device):
+    """The batch as one row, examples end to end, with position ids restarting at each example: no padding
+    to compute or store. Attention stays inside each example: given restarting position ids and no
+    attention mask, transformers masks per example (block-sparse under flex attention on GPU). The loss
+    never crosses a boundary, since each example's first token (<bos>) is not an answer token."""
+    input_ids = torch.tensor([token for ids, _ in examples for token in ids])
+    labels = torch.tensor([label for _, labs in examples for label in labs])
+    position_ids = torch.cat([torch.arange(len(ids)) for ids, _ in examples])
+    return input_ids[None].to(device), labels[None].to(device), position_ids[None].to(device)
+
+
 LOSS_CHUNK = 1024  # answer positions per output-layer chunk: bounds the logits' memory on long batches
 
 
-def _summed_cross_entropy(lm_head, hidden, targets):
-    return F.cross_entropy(lm_head(hidden).float(), targets, reduction="sum")
+def summed_cross_entropy(logits, hidden, targets):
+    return F.cross_entropy(logits(hidden).float(), targets, reduction="sum")
 
 
-def answer_loss(model, input_ids, labels, attention_mask, chunk=LOSS_CHUNK):
+# On GPU, compiled with the decoder layers: the fp32 upcast, log-softmax and loss fuse into few passes
+# over the (chunk x 262k) logits instead of one full-size intermediate each.
+compiled_cross_entropy = torch.compile(summed_cross_entropy, dynamic=True)
+
+
+def is_compiled(lm):
+    return getattr(lm.model.layers[0], "_compiled_call_impl", None) is not None
+
+
+def answer_loss(model, input_ids, labels, position_ids=None, attention_mask=None, chunk=LOSS_CHUNK):
     """Mean next-token cross-entropy over the answer tokens. Only the positions that predict an answer
     token go through lm_head, so the full (tokens x vocabulary) logits never exist; past `chunk` positions
     the output layer runs chunk by chunk and is recomputed in backward (checkpointing), so at most one
@@ -78,26 +99,29 @@ def answer_loss(model, input_ids, labels, attention_mask, chunk=LOSS_CHUNK):
     lm = causal_lm(model)
     if getattr(lm.config, "final_logit_softcapping", None):
         raise NotImplementedError("models with final logit softcapping are not supported")
-    hidden = lm.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    rows = TokenRows(lm)
+    hidden = lm.model(inputs_embeds=rows.embed(input_ids), position_ids=position_ids, attention_mask=attention_mask,
+                      use_cache=False).last_hidden_state  # a cache would turn off the per-example masks
     targets = labels[:, 1:]
     predicting = targets != IGNORE_INDEX
     hidden, targets = hidden[:, :-1][predicting], targets[predicting]
+    cross_entropy = compiled_cross_entropy if hidden.is_cuda and is_compiled(lm) else summed_cross_entropy
     if len(targets) <= chunk:
-        return _summed_cross_entropy(lm.lm_head, hidden, targets) / len(targets)
+        return cross_entropy(rows.logits, hidden, targets) / len(targets)
     total = sum(
-        checkpoint(_summed_cross_entropy, lm.lm_head, hidden[i : i + chunk], targets[i : i + chunk], use_reentrant=False)
+        checkpoint(cross_entropy, rows.logits, hidden[i : i + chunk], targets[i : i + chunk], use_reentrant=False)
         for i in range(0, len(targets), chunk)
     )
     return total / len(targets)
 
 
-def training_step(model, optimizer, scheduler, examples, pad_id, trainable, max_grad_norm):
+def training_step(model, optimizer, scheduler, examples, trainable, max_grad_norm):
     """One optimizer step on a batch of (input_ids, labels); returns (loss, real tokens). The benchmark
     in benchmarks/ calls this same function, so what it measures is what the workflow runs."""
     device = next(p.device for p in trainable)
-    input_ids, labels, attention_mask = collate(examples, pad_id, device)
+    input_ids, labels, position_ids = pack(examples, device)
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
-        loss = answer_loss(model, input_ids, labels, attention_mask)
+        loss = answer_loss(model, input_ids, labels, position_ids)
     if torch.isfinite(loss):  # a non-finite loss is reported by the caller, before any update
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
@@ -147,7 +171,7 @@ def train(method_name, model_dir, train_path, settings, training, out_dir, seed=
         for batch in batch_order(lengths, training["batch_size"], epoch, seed):
             try:
                 loss, real_tokens = training_step(model, optimizer, scheduler, [examples[i] for i in batch],
-                                                  tokenizer.pad_token_id, trainable, training["max_grad_norm"])
+                                                  trainable, training["max_grad_norm"])
             except torch.cuda.OutOfMemoryError:
                 raise UserError(f"CUDA out of memory at step {step + 1}: lower training.batch_size or "
                                 "data.max_length, or set training.gradient_checkpointing: true") from None

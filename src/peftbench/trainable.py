@@ -59,7 +59,11 @@ def build_trainable(method, model_dir, settings, training, tokenizer, device, dt
     """Load the base model as the method wants it; return (model, ParamGroups) with only those trainable."""
     from peft import get_peft_model
 
-    model = load_model(model_dir, dtype, device, quantization_config=method.quantization(settings))
+    cuda = str(device).startswith("cuda")
+    # Training packs each batch into one row (train.pack): flex attention then skips the masked blocks
+    # (other examples, outside the sliding window); sdpa would compute a dense mask over the packed row.
+    model = load_model(model_dir, dtype, device, quantization_config=method.quantization(settings),
+                       attention="flex_attention" if cuda else "sdpa")
     model.requires_grad_(False)
     if training["gradient_checkpointing"]:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -67,6 +71,16 @@ def build_trainable(method, model_dir, settings, training, tokenizer, device, dt
     peft_config = _peft_config(method, settings, token_ids(tokenizer, training["trainable_tokens"]))
     if peft_config is not None:
         model = get_peft_model(model, peft_config)
+        # peft casts each adapter's input to the adapter's fp32: under bf16 autocast that is a full-width
+        # copy of every activation, there and back, for nothing. Autocast runs the adapter in bf16 anyway.
+        for module in model.modules():
+            if hasattr(module, "cast_input_dtype_enabled"):
+                module.cast_input_dtype_enabled = False
+    if cuda and training["compile"]:
+        # Regional compilation: every decoder layer runs the same code, so one compiled graph serves all
+        # (fused norms, activations and adapter glue); sequence lengths change every step, hence dynamic.
+        for layer in causal_lm(model).model.layers:
+            layer.compile(dynamic=True)
     for weight in full_rank.values():
         weight.data = weight.data.float()
         weight.requires_grad_(True)
@@ -78,6 +92,44 @@ def build_trainable(method, model_dir, settings, training, tokenizer, device, dt
     )
     assert sum(map(len, groups)) == len(trained), "a trainable parameter belongs to no optimizer group"
     return model, groups
+
+
+class TokenRows:
+    """The input embedding and output layer with the trained turn-token rows, computed without peft's
+    merged copy. peft's TrainableTokensLayer rebuilds the whole 262k x hidden matrix on every call (and,
+    in backward, its full gradient, only to keep two rows of it): per training step that is a dozen
+    copies of 0.6 GB and one output-layer-sized weight-gradient product per loss chunk. Here the frozen
+    matrix is used as it is, and only the trained rows come from the small delta parameter."""
+
+    def __init__(self, lm):
+        from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+
+        embed = getattr(lm.model.embed_tokens, "token_adapter", lm.model.embed_tokens)
+        self.lm, self.layer = lm, embed if isinstance(embed, TrainableTokensLayer) else None
+        if self.layer is not None:
+            adapter = self.layer.active_adapters[0]
+            self.delta = self.layer.trainable_tokens_delta[adapter]
+            self.index = torch.tensor(self.layer.token_indices[adapter], device=self.delta.device)
+            self.weight = self.layer.base_layer.weight
+            tied = getattr(lm.lm_head, "token_adapter", lm.lm_head)
+            self.tied_head = getattr(tied, "base_layer", tied).weight is self.weight
+
+    def embed(self, input_ids):
+        if self.layer is None:
+            return self.lm.model.embed_tokens(input_ids)
+        embeds = torch.nn.functional.embedding(input_ids, self.weight)
+        is_trained = input_ids[..., None] == self.index
+        trained = self.delta[is_trained.int().argmax(-1)].to(embeds.dtype)
+        embeds = torch.where(is_trained.any(-1, keepdim=True), trained, embeds)
+        scale = self.layer._get_embed_scale()
+        return embeds if scale is None else embeds * scale.to(embeds.dtype)
+
+    def logits(self, hidden):
+        if self.layer is None or not self.tied_head:
+            return self.lm.lm_head(hidden)
+        logits = torch.nn.functional.linear(hidden, self.weight)
+        logits[..., self.index] = torch.nn.functional.linear(hidden, self.delta.to(hidden.dtype)).to(logits.dtype)
+        return logits
 
 
 def causal_lm(model):

@@ -35,10 +35,27 @@ def galore_group(params, rank, update_proj_gap, scale, lr, weight_decay):
     }
 
 
-def optimizer(groups, settings, training):
+def tf32_galore_adamw(param_groups):
+    """galore-torch's GaLoreAdamW, its steps run with TF32 matrix products: it projects every gradient to
+    low rank and back in fp32, which on a GPU is slow without tensor cores; TF32's 10-bit mantissa is far
+    finer than the rank-r approximation itself. Restored afterwards, so nothing else changes precision."""
+    import torch
     from galore_torch import GaLoreAdamW
 
-    return GaLoreAdamW(
+    class TF32GaLoreAdamW(GaLoreAdamW):
+        def step(self, closure=None):
+            previous = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = True
+            try:
+                return super().step(closure)
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = previous
+
+    return TF32GaLoreAdamW(param_groups)
+
+
+def optimizer(groups, settings, training):
+    return tf32_galore_adamw(
         [
             galore_group(groups.full_rank, settings["rank"], settings["update_proj_gap"], settings["scale"],
                          settings["lr"], training["weight_decay"]),

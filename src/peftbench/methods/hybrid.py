@@ -29,9 +29,7 @@ def full_rank_targets(settings):
 
 
 def optimizer(groups, settings, training):
-    from galore_torch import GaLoreAdamW
-
-    return GaLoreAdamW(
+    return galore.tf32_galore_adamw(
         [
             galore.galore_group(groups.full_rank, settings["rank"], settings["update_proj_gap"],
                                 settings["scale"], settings["galore_lr"], training["weight_decay"]),

@@ -24,5 +24,6 @@ def optimizer(groups, settings, training):
         [
             {"params": groups.lora, "lr": settings["lr"], "weight_decay": training["weight_decay"]},
             {"params": groups.tokens, "lr": training["trainable_tokens_lr"], "weight_decay": 0.0},
-        ]
+        ],
+        fused=groups.lora[0].is_cuda,  # one kernel for the ~400 small adapter tensors instead of a loop
     )
