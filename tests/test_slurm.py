@@ -121,3 +121,12 @@ def test_profiles_parse_and_keep_code_changes_from_rerunning(tmp_path, model_dir
         assert settings["rerun-triggers"] == ["mtime", "params", "input"]
         log = finish(start_snakemake("--workflow-profile", str(ROOT / "profiles" / profile), "--configfile", config, "-n"))
         assert re.search(r"^train\s+1$", log, re.M)
+
+
+def test_cluster_script_is_idempotent(slurm_env):
+    started = Path(slurm_env["SLURM_CONF"]).with_name("started")
+    before = started.read_text() if started.exists() else ""
+    again = subprocess.run([*CLUSTER, "start"], env=slurm_env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert (started.read_text() if started.exists() else "") == before  # nothing started twice
+    assert subprocess.run([*CLUSTER, "status"], env=slurm_env, capture_output=True).returncode == 0
