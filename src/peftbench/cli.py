@@ -15,6 +15,8 @@ STEPS = {
     "report": "peftbench.report",
     "check-config": "peftbench.config",
 }
+# Steps that run on a GPU: each claims its own free card before torch loads (see peftbench/gpus.py).
+GPU_STEPS = {"train", "generate"}
 
 
 def main(argv=None):
@@ -23,6 +25,10 @@ def main(argv=None):
         print(f"usage: peftbench {{{','.join(STEPS)}}} [--help]", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if argv[0] in GPU_STEPS:
+        from peftbench.gpus import claim_gpu
+
+        claim_gpu()  # the claim, an open lock file, lasts until this process ends
     module = importlib.import_module(STEPS[argv[0]])
     try:
         module.main(argv[1:])

@@ -1,0 +1,132 @@
+"""The workflow through profiles/slurm on a real one-node SLURM cluster (scripts/slurm_cluster.sh).
+
+Every step must go through sbatch with its rule's requests, show up in SLURM's accounting, and give the
+same results as a local run. Only the GPU requests are overridden: the test machine has no GPU.
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_workflow import overlay
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = [str(ROOT / "scripts" / "slurm_cluster.sh")]
+METHODS = ["base", "lora"]  # one untrained and one trained method: every rule, 8 jobs
+pytestmark = pytest.mark.integration
+
+
+def why_no_cluster():
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        return "needs root on Linux: scripts/slurm_cluster.sh installs SLURM and munge and starts their daemons"
+    if not (shutil.which("apt-get") or shutil.which("slurmctld")):
+        return "needs apt-get (Debian or Ubuntu) to install SLURM, or SLURM installed"
+    return None
+
+
+@pytest.fixture(scope="module")
+def slurm_env():
+    """SLURM_CONF of a running test cluster: started here unless it was up already, and then stopped."""
+    reason = why_no_cluster()
+    if reason:
+        pytest.skip(reason)
+    env = {**os.environ, "SLURM_CONF": os.environ.get("PEFTBENCH_SLURM_DIR", "/tmp/peftbench-slurm") + "/slurm.conf"}
+    already_up = subprocess.run([*CLUSTER, "status"], env=env, capture_output=True).returncode == 0
+    if not already_up:
+        started = subprocess.run([*CLUSTER, "start"], env=env, capture_output=True, text=True, timeout=600)
+        if started.returncode != 0:
+            subprocess.run([*CLUSTER, "stop"], env=env, timeout=120)  # what did start
+            pytest.fail(f"the test cluster did not start: {started.stderr}")
+    yield env
+    if not already_up:
+        subprocess.run([*CLUSTER, "stop"], env=env, check=True, timeout=120)
+
+
+def start_snakemake(*args, env=None):
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), *args]
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(run):
+    log, _ = run.communicate(timeout=900)
+    assert run.returncode == 0, f"snakemake failed:\n{log[-6000:]}"
+    return log
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, model_dir, slurm_env):
+    """The same tiny DAG run locally and through profiles/slurm, at once, into two output folders."""
+    local_dir, slurm_dir = tmp_path_factory.mktemp("local"), tmp_path_factory.mktemp("slurm")
+    local = start_snakemake("--cores", "2", "--configfile", str(overlay(local_dir, model_dir, methods=METHODS)))
+    env = {**slurm_env, "SBATCH_PARTITION": "gpu", "SBATCH_ACCOUNT": "peftbench"}  # read by the profile
+    slurm = start_snakemake(
+        "--workflow-profile", str(ROOT / "profiles" / "slurm"),
+        "--configfile", str(overlay(slurm_dir, model_dir, methods=METHODS)),
+        "--set-resources", "train:gpu=0", "generate:gpu=0",  # no GPU here; all other requests as profiled
+        "--slurm-init-seconds-before-status-checks", "5",
+        "--slurm-logdir", str(slurm_dir / "slurm_logs"), "--slurm-keep-successful-logs",
+        env=env,
+    )
+    finish(local)
+    return local_dir / "results", slurm_dir / "results", finish(slurm)
+
+
+def sacct(job_ids, env):
+    fields = "JobID,State,Partition,Account,ReqMem,AllocCPUS,Timelimit,Comment%80"
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-j", ",".join(job_ids), "-o", fields],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    return [dict(zip(fields.replace("%80", "").split(","), line.split("|"))) for line in out.splitlines()]
+
+
+def test_every_job_ran_through_slurm_with_its_rules_requests(runs, slurm_env):
+    _, slurm_results, log = runs
+    job_ids = re.findall(r"has been submitted with SLURM jobid (\d+)", log)
+    assert len(job_ids) == 8, log[-3000:]
+    for job_id in job_ids:  # the plugin's per-job log, kept
+        assert list(slurm_results.parent.glob(f"slurm_logs/**/{job_id}.log")), job_id
+    jobs = {job["Comment"]: job for job in sacct(job_ids, slurm_env)}
+    assert set(jobs) == {"rule_prepare_model", "rule_prepare_data", "rule_train_wildcards_lora", "rule_report",
+                         *(f"rule_{step}_wildcards_{m}" for step in ("generate", "score") for m in METHODS)}
+    for job in jobs.values():
+        assert (job["State"], job["Partition"], job["Account"]) == ("COMPLETED", "gpu", "peftbench"), job
+    # train.smk: threads 4, mem_mb 32000, runtime 24 h; score.smk: 1 thread, 2000 MB, 30 min
+    train, score = jobs["rule_train_wildcards_lora"], jobs["rule_score_wildcards_base"]
+    assert (train["AllocCPUS"], train["ReqMem"], train["Timelimit"]) == ("4", "32000M", "1-00:00:00")
+    assert (score["AllocCPUS"], score["ReqMem"], score["Timelimit"]) == ("1", "2000M", "00:30:00")
+
+
+def test_slurm_results_equal_the_local_run(runs):
+    local, slurm, _ = runs
+    for method in METHODS:
+        assert (slurm / method / "generations.jsonl").read_text() == (local / method / "generations.jsonl").read_text()
+        assert json.loads((slurm / method / "scores.json").read_text()) == \
+            json.loads((local / method / "scores.json").read_text())
+    local_loss = json.loads((local / "lora" / "trained" / "train_metrics.json").read_text())["loss"]
+    slurm_loss = json.loads((slurm / "lora" / "trained" / "train_metrics.json").read_text())["loss"]
+    assert slurm_loss == local_loss and len(local_loss) == 6
+    assert re.search(r"^\| lora +\|", (slurm / "report.md").read_text(), re.M)
+
+
+def test_profiles_parse_and_keep_code_changes_from_rerunning(tmp_path, model_dir):
+    """Both profiles load (dry run), and both leave `code` out of the rerun triggers."""
+    config = str(overlay(tmp_path, model_dir, methods=METHODS))
+    for profile in ("default", "slurm"):
+        settings = yaml.safe_load((ROOT / "profiles" / profile / "config.yaml").read_text())
+        assert settings["rerun-triggers"] == ["mtime", "params", "input"]
+        log = finish(start_snakemake("--workflow-profile", str(ROOT / "profiles" / profile), "--configfile", config, "-n"))
+        assert re.search(r"^train\s+1$", log, re.M)
+
+
+def test_cluster_script_is_idempotent(slurm_env):
+    started = Path(slurm_env["SLURM_CONF"]).with_name("started")
+    before = started.read_text() if started.exists() else ""
+    again = subprocess.run([*CLUSTER, "start"], env=slurm_env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert (started.read_text() if started.exists() else "") == before  # nothing started twice
+    assert subprocess.run([*CLUSTER, "status"], env=slurm_env, capture_output=True).returncode == 0
