@@ -89,7 +89,7 @@ def test_report_has_seed_spread_intervals_and_significance(finished_run):
     # Trained rows show mean ± sd over the 2 seeds; every difference is listed with its verdict.
     assert re.search(r"^\| lora +\| 2 +\| [\d.]+ +\| [\d.]+ ± [\d.]+ +\|", report, re.M)
     for name in comparison["differences"]:
-        assert re.search(rf"^\| {name} +\| [+-][\d.]+ \[[-\d.]+, [-\d.]+\] +\| (\*\*yes\*\*|no) \(p = ", report, re.M)
+        assert re.search(rf"^\| {name} +\| [+-][\d.]+ \[[-\d.]+, [-\d.]+\] +\| (\*\*yes\*\*|no) \(p [=<] ", report, re.M)
     for source in ("alpaca", "tulu", "ultrachat"):
         assert f"{source} BLEU-4" in report
     for statement in ("95 % CI", "paired", "data sample is drawn once", "Token budget", "signature",

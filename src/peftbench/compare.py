@@ -124,4 +124,5 @@ def main(argv=None):
         raise UserError("bootstrap.samples must be at least 100 and bootstrap.confidence between 0 and 1")
     result = compare(args.examples, args.samples, args.confidence, args.seed)
     write_json(args.out, result)
-    print(json.dumps({m: {k: round(v["overall"][k]["mean"], 2) for k in METRICS} for m, v in result["methods"].items()}))
+    summary = {m: {k: round(v["overall"][k]["mean"], 2) for k in METRICS} for m, v in result["methods"].items()}
+    print(json.dumps(summary))

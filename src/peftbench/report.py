@@ -30,6 +30,11 @@ def _library_versions():
     return versions
 
 
+def _markdown(rows):
+    """A markdown table; numbers stay as formatted ('0.0', not tabulate's '0')."""
+    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
+
+
 def _fmt(value, digits=1):
     return "—" if value is None or pd.isna(value) else f"{value:.{digits}f}"
 
@@ -71,32 +76,37 @@ def main_table(comparison, metrics):
             "tokens/s": _mean_sd([m["tokens_per_s"] for m in runs], 0),
             "trainable params (M)": _fmt(runs[0]["trainable_params"] / 1e6, 2) if runs else "—",
         })
-    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
+    return _markdown(rows)
 
 
 def interval_table(comparison):
     level = f"{100 * comparison['bootstrap']['confidence']:g} % CI"
-    rows = [{"method": method, "BLEU-4": _fmt(r["overall"]["bleu"]["mean"]), f"BLEU-4 {level}": _ci(r["overall"]["bleu"]["ci"]),
-             "ROUGE-L": _fmt(r["overall"]["rouge_l"]["mean"]), f"ROUGE-L {level}": _ci(r["overall"]["rouge_l"]["ci"])}
-            for method, r in comparison["methods"].items()]
-    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
+    rows = []
+    for method, result in comparison["methods"].items():
+        bleu, rouge = result["overall"]["bleu"], result["overall"]["rouge_l"]
+        rows.append({"method": method, "BLEU-4": _fmt(bleu["mean"]), f"BLEU-4 {level}": _ci(bleu["ci"]),
+                     "ROUGE-L": _fmt(rouge["mean"]), f"ROUGE-L {level}": _ci(rouge["ci"])})
+    return _markdown(rows)
 
 
 def _difference(d):
     return f"{d['diff']:+.1f} {_ci(d['ci'])}"
 
 
-def _significance(d):
-    return f"{'**yes**' if d['significant'] else 'no'} (p = {d['p']:.3f})"
+def _significance(d, samples):
+    # No resample crossed zero: the bootstrap can only bound p by its resolution.
+    p = f"p < {1 / samples:.2g}" if d["p"] == 0 else f"p = {d['p']:.3f}"
+    return f"{'**yes**' if d['significant'] else 'no'} ({p})"
 
 
 def differences_table(comparison):
+    samples = comparison["bootstrap"]["samples"]
     rows = [{"difference": name, "ΔBLEU-4 [CI]": _difference(d["overall"]["bleu"]),
-             "BLEU-4 significant": _significance(d["overall"]["bleu"]),
+             "BLEU-4 significant": _significance(d["overall"]["bleu"], samples),
              "ΔROUGE-L [CI]": _difference(d["overall"]["rouge_l"]),
-             "ROUGE-L significant": _significance(d["overall"]["rouge_l"])}
+             "ROUGE-L significant": _significance(d["overall"]["rouge_l"], samples)}
             for name, d in comparison["differences"].items()]
-    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) if rows else "(only one method: nothing to compare)"
+    return _markdown(rows) if rows else "(only one method: nothing to compare)"
 
 
 def per_source_table(comparison):
@@ -109,7 +119,7 @@ def per_source_table(comparison):
                 entry = result[source][metric]
                 row[f"{source} {label}"] = f"{_fmt(entry['mean'])} {_ci(entry['ci'])}"
         rows.append(row)
-    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
+    return _markdown(rows)
 
 
 def _pyplot():
@@ -166,7 +176,8 @@ def plot_scores(comparison, path):
     methods = list(comparison["methods"])
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     level = f"{100 * comparison['bootstrap']['confidence']:g} % CI"
-    for ax, metric, label, color in ((axes[0], "bleu", "BLEU-4", "tab:green"), (axes[1], "rouge_l", "ROUGE-L", "tab:purple")):
+    panels = ((axes[0], "bleu", "BLEU-4", "tab:green"), (axes[1], "rouge_l", "ROUGE-L", "tab:purple"))
+    for ax, metric, label, color in panels:
         entries = [comparison["methods"][m]["overall"][metric] for m in methods]
         means = [e["mean"] for e in entries]
         errors = [[e["mean"] - e["ci"][0] for e in entries], [e["ci"][1] - e["mean"] for e in entries]]
@@ -184,7 +195,7 @@ def _step_times(benchmarks, out_dir):
         step = Path(path).relative_to(Path(out_dir) / "benchmarks").with_suffix("")
         rows.append({"step": str(step), "wall time (s)": _fmt(float(record["s"]), 0),
                      "max RSS (MB)": record.get("max_rss", "—")})
-    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) if rows else "(no benchmark files)"
+    return _markdown(rows) if rows else "(no benchmark files)"
 
 
 def _budget_lines(metrics):
