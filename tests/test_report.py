@@ -42,3 +42,6 @@ def test_report_shows_seed_spread_intervals_significance_and_plots(tmp_path, dem
     assert "3,000 real (non-padding) tokens per seed" in report and "identical for every method and seed" in report
     for plot in ("loss.png", "cost.png", "scores.png"):
         assert (out.parent / plot).read_bytes().startswith(b"\x89PNG") and f"]({plot})" in report
+    page = (out.parent / "report.html").read_text()  # the same page for Snakemake's HTML report
+    tables = len(re.findall(r"^\|[-:| ]+\|$", report, re.M))  # one separator row per markdown table
+    assert tables == 5 and page.count("<table>") == tables and page.count("data:image/png;base64,") == 3

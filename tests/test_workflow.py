@@ -99,11 +99,13 @@ def test_report_has_seed_spread_intervals_and_significance(finished_run):
 
 def test_snakemake_builds_the_html_report(finished_run):
     results, config = finished_run
-    html = results.parent / "report.html"
+    html = results.parent / "snakemake-report.html"
     snakemake("--configfile", str(config), "--report", str(html))
     text = html.read_text()
-    for name in ("report.md", "loss.png", "cost.png", "scores.png"):
+    for name in ("report.html", "loss.png", "cost.png", "scores.png", "paired bootstrap"):
         assert name in text, name
+    page = (results / "report.html").read_text()
+    assert "<table>" in page and "data:image/png;base64," in page and "<strong>" in page
 
 
 def test_train_metrics_are_complete(finished_run):

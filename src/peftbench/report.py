@@ -2,6 +2,7 @@
 seeds), confidence intervals and significant differences (from `peftbench compare`), cost, per-source
 scores, settings, and plots of the loss curves, of memory and time, and of the scores with intervals."""
 import argparse
+import base64
 import csv
 import json
 import os
@@ -213,6 +214,30 @@ def _budget_lines(metrics):
     return lines + ["", verdict]
 
 
+HTML_PAGE = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>peftbench report</title><style>
+body {{ font-family: sans-serif; max-width: 80em; margin: 2em auto; line-height: 1.4; }}
+table {{ border-collapse: collapse; margin: 1em 0; }} th, td {{ border: 1px solid #ccc; padding: 0.2em 0.6em; }}
+img {{ max-width: 100%; }} code {{ background: #f4f4f4; }}
+</style></head><body>
+{body}
+</body></html>
+"""
+
+
+def write_html(markdown_text, plot_dir, out_path):
+    """report.md as one self-contained HTML page (plots inlined), for Snakemake's HTML report, which shows
+    HTML pages but not markdown."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark").enable("table").render(markdown_text)
+    for plot in ("loss.png", "cost.png", "scores.png"):
+        data = base64.b64encode((Path(plot_dir) / plot).read_bytes()).decode()
+        body = body.replace(f'src="{plot}"', f'src="data:image/png;base64,{data}"')
+    with atomic_path(out_path) as tmp:
+        tmp.write_text(HTML_PAGE.format(body=body))
+
+
 def build_report(config, comparison, metrics, manifest, benchmarks, out_path):
     """metrics: {method: [train_metrics of each seed]}."""
     out_path = Path(out_path)
@@ -333,6 +358,7 @@ def build_report(config, comparison, metrics, manifest, benchmarks, out_path):
         _step_times(benchmarks, out_path.parent),
         "",
     ]
+    write_html("\n".join(lines), out_path.parent, out_path.with_suffix(".html"))
     with atomic_path(out_path) as tmp:
         tmp.write_text("\n".join(lines))
 

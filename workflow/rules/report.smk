@@ -5,7 +5,8 @@ rule report:
         trained=expand(rules.train.output[0], method=TRAINED, seed=SEEDS),
         manifest=rules.prepare_data.output.manifest,
     output:
-        report=report(REPORT, caption="../report/report.rst", category="Report"),
+        report=REPORT,
+        page=report(f"{OUT}/report.html", caption="../report/report.rst", category="Report"),
         loss_plot=report(f"{OUT}/loss.png", caption="../report/loss.rst", category="Plots"),
         cost_plot=report(f"{OUT}/cost.png", caption="../report/cost.rst", category="Plots"),
         scores_plot=report(f"{OUT}/scores.png", caption="../report/scores.rst", category="Plots"),
