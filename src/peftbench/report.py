@@ -160,7 +160,7 @@ def plot_cost(metrics, path):
     plt = _pyplot()
     methods = list(metrics)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    memory_kind = next(iter(metrics.values()))[0]["memory_kind"]
+    memory_kind = next(iter(metrics.values()), [{}])[0].get("memory_kind", "n/a")
     for ax, key, color, ylabel, title in ((axes[0], "peak_memory_gb", "tab:blue", f"GB ({memory_kind})", "Peak memory"),
                                           (axes[1], "train_seconds", "tab:orange", "seconds", "Training time")):
         values = [[m[key] for m in metrics[method]] for method in methods]
@@ -201,6 +201,8 @@ def _step_times(benchmarks, out_dir):
 
 def _budget_lines(metrics):
     """The token budget each trained method got: the same examples, epochs and batches at every seed."""
+    if not metrics:
+        return ["(no trained method)"]
     lines = []
     for method, runs in metrics.items():
         tokens = sorted({m["tokens_seen"] for m in runs})
@@ -341,10 +343,11 @@ def build_report(config, comparison, metrics, manifest, benchmarks, out_path):
         "## Evaluation settings",
         "",
         f"- Decoding: greedy, at most {generation['max_new_tokens']} new tokens, stops at `<end_of_turn>`.",
-        f"- BLEU-4: sacrebleu corpus BLEU on detokenized text, signature `{comparison['bleu_signature']}` "
-        "(not the character-level sentence BLEU some tools report).",
+        f"- BLEU-4: sacrebleu corpus BLEU on detokenized text, 0-100, signature `{comparison['bleu_signature']}` "
+        "(1-4-gram precisions over the whole test set with a brevity penalty; not the character-level "
+        "sentence BLEU averaged over examples that some tools report, whose numbers are not comparable).",
         f"- ROUGE-L: rouge-score F1 with Porter stemming (`{json.dumps(comparison['rouge'])}`), mean over "
-        "examples, x100.",
+        "examples, 0-100; its tokenizer keeps only a-z and 0-9, so text in other scripts scores 0.",
         f"- Intervals: paired bootstrap, {bootstrap['samples']} resamples, {level} percentile intervals.",
         "",
         "## Environment",
