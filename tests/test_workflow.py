@@ -15,6 +15,8 @@ from peftbench.trainable import load_for_eval
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL_METHODS = ["base", "lora", "qlora", "galore", "hybrid"]
+SEEDS = [0, 1]
+RUNS = ["base"] + [f"{m}/seed{s}" for m in ALL_METHODS[1:] for s in SEEDS]
 pytestmark = pytest.mark.integration
 
 
@@ -37,6 +39,8 @@ def overlay(tmp_path, model_dir, **changes):
             for name, split, test_split in [("alpaca", "train", "train"), ("tulu", "train", "train"),
                                             ("ultrachat", "train_sft", "test_sft")]]},
         "methods": ALL_METHODS,
+        "seeds": SEEDS,
+        "bootstrap": {"samples": 200, "confidence": 0.95},
         "training": {"epochs": 1, "batch_size": 4, "log_every": 1},
         "method_settings": {"galore": {"rank": 8}, "hybrid": {"rank": 8}},
         "generation": {"max_new_tokens": 8, "batch_size": 4},
@@ -60,23 +64,54 @@ def test_report_has_every_method_with_scores_in_range(finished_run):
     report = (results / "report.md").read_text()
     for method in ALL_METHODS:
         assert re.search(rf"^\| {method} +\|", report, re.M), f"no {method} row in the report"
-        scores = json.loads((results / method / "scores.json").read_text())
+    for run in RUNS:
+        scores = json.loads((results / run / "scores.json").read_text())
         assert 0 <= scores["bleu"] <= 100 and 0 <= scores["rouge_l"] <= 100
         assert set(scores["per_source"]) == {"alpaca", "tulu", "ultrachat"}
         assert scores["n"] == 9
-        generations = [json.loads(line) for line in (results / method / "generations.jsonl").read_text().splitlines()]
+        generations = [json.loads(line) for line in (results / run / "generations.jsonl").read_text().splitlines()]
         assert {g["source"] for g in generations} == {"alpaca", "tulu", "ultrachat"}
         assert all(set(g) == {"id", "source", "prompt", "reference", "prediction"} for g in generations)
-    for plot in ("loss.png", "cost.png"):
+    for plot in ("loss.png", "cost.png", "scores.png"):
         assert (results / plot).read_bytes().startswith(b"\x89PNG")
         assert f"]({plot})" in report
     assert "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp" in report
 
 
+def test_report_has_seed_spread_intervals_and_significance(finished_run):
+    results, _ = finished_run
+    report = (results / "report.md").read_text()
+    comparison = json.loads((results / "comparison.json").read_text())
+    assert comparison["seeds"] == {"base": [None], **{m: SEEDS for m in ALL_METHODS[1:]}}
+    lora = comparison["methods"]["lora"]["overall"]["bleu"]
+    assert len(lora["per_seed"]) == 2 and lora["sd"] is not None and lora["ci"][0] <= lora["mean"] <= lora["ci"][1]
+    assert len(comparison["differences"]) == 4 + 6  # each trained method vs base, and every trained pair
+    # Trained rows show mean ± sd over the 2 seeds; every difference is listed with its verdict.
+    assert re.search(r"^\| lora +\| 2 +\| [\d.]+ +\| [\d.]+ ± [\d.]+ +\|", report, re.M)
+    for name in comparison["differences"]:
+        assert re.search(rf"^\| {name} +\| [+-][\d.]+ \[[-\d.]+, [-\d.]+\] +\| (\*\*yes\*\*|no) \(p [=<] ", report, re.M)
+    for source in ("alpaca", "tulu", "ultrachat"):
+        assert f"{source} BLEU-4" in report
+    for statement in ("95 % CI", "paired", "data sample is drawn once", "Token budget", "signature",
+                      "Porter stemming", "greedy", "Libraries: torch", "lora/seed1/train"):
+        assert statement in report, statement
+
+
+def test_snakemake_builds_the_html_report(finished_run):
+    results, config = finished_run
+    html = results.parent / "snakemake-report.html"
+    snakemake("--configfile", str(config), "--report", str(html))
+    text = html.read_text()
+    for name in ("report.html", "loss.png", "cost.png", "scores.png", "paired bootstrap"):
+        assert name in text, name
+    page = (results / "report.html").read_text()
+    assert "<table>" in page and "data:image/png;base64," in page and "<strong>" in page
+
+
 def test_train_metrics_are_complete(finished_run):
     results, _ = finished_run
-    for method in ALL_METHODS[1:]:
-        metrics = json.loads((results / method / "trained" / "train_metrics.json").read_text())
+    for run in RUNS[1:]:
+        metrics = json.loads((results / run / "trained" / "train_metrics.json").read_text())
         assert metrics["steps"] == 6 and len(metrics["loss"]) == 6  # 24 examples, batch 4, 1 epoch
         assert metrics["train_seconds"] > 0 and metrics["tokens_per_s"] > 0 and metrics["peak_memory_gb"] > 0
         assert all(torch.isfinite(torch.tensor(h["loss"])) for h in metrics["loss"])
@@ -93,7 +128,7 @@ def test_trained_adapter_loads_and_changes_the_model(finished_run, model_dir):
 
     full = load_config(ROOT / "config.yaml", config)
     for method in ("lora", "qlora", "galore", "hybrid"):
-        model = load_for_eval(METHODS[method], model_dir, results / method / "trained",
+        model = load_for_eval(METHODS[method], model_dir, results / method / "seed0" / "trained",
                               full["method_settings"][method], "cpu")
         with torch.no_grad():
             assert not torch.allclose(model(input_ids=input_ids).logits, base_logits), method
@@ -104,8 +139,8 @@ def test_nothing_to_do_on_rerun_and_one_method_reruns_alone(finished_run):
     results, config = finished_run
     dry = snakemake("--configfile", str(config), "-n")
     assert "Nothing to be done" in dry.stdout + dry.stderr
-    (results / "qlora" / "scores.json").unlink()
-    rerun = snakemake(str(results / "qlora" / "scores.json"), "--configfile", str(config))
+    (results / "qlora" / "seed1" / "scores.json").unlink()
+    rerun = snakemake(str(results / "qlora" / "seed1" / "scores.json"), "--configfile", str(config))
     log = rerun.stdout + rerun.stderr
     assert re.search(r"^score\s+1$", log, re.M) and not re.search(r"^(train|generate)\s+\d", log, re.M)
 

@@ -12,6 +12,7 @@ STEPS = {
     "train": "peftbench.train",
     "generate": "peftbench.generate",
     "score": "peftbench.score",
+    "compare": "peftbench.compare",
     "report": "peftbench.report",
     "check-config": "peftbench.config",
 }

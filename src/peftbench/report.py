@@ -1,12 +1,18 @@
-"""report: one markdown page comparing the methods: scores before/after, cost, per-source scores,
-settings, and plots of the loss curves and of memory and time per method."""
+"""report: one markdown page comparing the methods: scores before/after (mean ± spread over training
+seeds), confidence intervals and significant differences (from `peftbench compare`), cost, per-source
+scores, settings, and plots of the loss curves, of memory and time, and of the scores with intervals."""
 import argparse
+import base64
 import csv
 import json
+import os
 import platform
+import statistics
+from collections import defaultdict
 from importlib.metadata import version
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from peftbench.io import atomic_path, read_json
@@ -25,92 +31,227 @@ def _library_versions():
     return versions
 
 
+def _markdown(rows):
+    """A markdown table; numbers stay as formatted ('0.0', not tabulate's '0')."""
+    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
+
+
 def _fmt(value, digits=1):
     return "—" if value is None or pd.isna(value) else f"{value:.{digits}f}"
 
 
-def main_table(scores, metrics):
-    base = scores.get("base")
+def _mean_sd(values, digits=1):
+    """'mean ± sd' over seeds; the plain value when there is one."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return _fmt(values[0], digits)
+    return f"{_fmt(statistics.fmean(values), digits)} ± {_fmt(statistics.stdev(values), digits)}"
+
+
+def _ci(ci, digits=1):
+    return f"[{_fmt(ci[0], digits)}, {_fmt(ci[1], digits)}]"
+
+
+def _score(entry):
+    """A score with its seed spread: '30.4 ± 1.2' (or '30.4' for one run)."""
+    return _fmt(entry["mean"]) + (f" ± {_fmt(entry['sd'])}" if entry["sd"] is not None else "")
+
+
+def main_table(comparison, metrics):
+    methods = comparison["methods"]
+    base = methods.get("base", {}).get("overall")
     rows = []
-    for method, s in scores.items():
-        m = metrics.get(method, {})
+    for method, result in methods.items():
+        overall, runs = result["overall"], metrics.get(method, [])
         rows.append({
             "method": method,
-            "BLEU-4 before": _fmt(base["bleu"]) if base else "—",
-            "BLEU-4 after": _fmt(s["bleu"]),
-            "ROUGE-L before": _fmt(base["rouge_l"]) if base else "—",
-            "ROUGE-L after": _fmt(s["rouge_l"]),
-            "peak memory (GB)": _fmt(m.get("peak_memory_gb"), 2),
-            "training time (s)": _fmt(m.get("train_seconds"), 0),
-            "tokens/s": _fmt(m.get("tokens_per_s"), 0),
-            "trainable params (M)": _fmt(m["trainable_params"] / 1e6, 2) if m else "—",
+            "seeds": len(comparison["seeds"][method]) if METHODS[method].TRAINS else "—",
+            "BLEU-4 before": _fmt(base["bleu"]["mean"]) if base else "—",
+            "BLEU-4 after": _score(overall["bleu"]),
+            "ROUGE-L before": _fmt(base["rouge_l"]["mean"]) if base else "—",
+            "ROUGE-L after": _score(overall["rouge_l"]),
+            "peak memory (GB)": _mean_sd([m["peak_memory_gb"] for m in runs], 2),
+            "training time (s)": _mean_sd([m["train_seconds"] for m in runs], 0),
+            "tokens/s": _mean_sd([m["tokens_per_s"] for m in runs], 0),
+            "trainable params (M)": _fmt(runs[0]["trainable_params"] / 1e6, 2) if runs else "—",
         })
-    return pd.DataFrame(rows).to_markdown(index=False)
+    return _markdown(rows)
 
 
-def per_source_table(scores):
+def interval_table(comparison):
+    level = f"{100 * comparison['bootstrap']['confidence']:g} % CI"
     rows = []
-    for method, s in scores.items():
+    for method, result in comparison["methods"].items():
+        bleu, rouge = result["overall"]["bleu"], result["overall"]["rouge_l"]
+        rows.append({"method": method, "BLEU-4": _fmt(bleu["mean"]), f"BLEU-4 {level}": _ci(bleu["ci"]),
+                     "ROUGE-L": _fmt(rouge["mean"]), f"ROUGE-L {level}": _ci(rouge["ci"])})
+    return _markdown(rows)
+
+
+def _difference(d):
+    return f"{d['diff']:+.1f} {_ci(d['ci'])}"
+
+
+def _significance(d, samples):
+    # No resample crossed zero: the bootstrap can only bound p by its resolution.
+    p = f"p < {1 / samples:.2g}" if d["p"] == 0 else f"p = {d['p']:.3f}"
+    return f"{'**yes**' if d['significant'] else 'no'} ({p})"
+
+
+def differences_table(comparison):
+    samples = comparison["bootstrap"]["samples"]
+    rows = [{"difference": name, "ΔBLEU-4 [CI]": _difference(d["overall"]["bleu"]),
+             "BLEU-4 significant": _significance(d["overall"]["bleu"], samples),
+             "ΔROUGE-L [CI]": _difference(d["overall"]["rouge_l"]),
+             "ROUGE-L significant": _significance(d["overall"]["rouge_l"], samples)}
+            for name, d in comparison["differences"].items()]
+    return _markdown(rows) if rows else "(only one method: nothing to compare)"
+
+
+def per_source_table(comparison):
+    sources = [name for name in comparison["n"] if name != "overall"]
+    rows = []
+    for method, result in comparison["methods"].items():
         row = {"method": method}
-        for source, v in s["per_source"].items():
-            row[f"{source} BLEU-4"] = _fmt(v["bleu"])
-            row[f"{source} ROUGE-L"] = _fmt(v["rouge_l"])
+        for source in sources:
+            for metric, label in (("bleu", "BLEU-4"), ("rouge_l", "ROUGE-L")):
+                entry = result[source][metric]
+                row[f"{source} {label}"] = f"{_fmt(entry['mean'])} {_ci(entry['ci'])}"
         rows.append(row)
-    return pd.DataFrame(rows).to_markdown(index=False)
+    return _markdown(rows)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path):
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    _pyplot().close(fig)
 
 
 def plot_loss(metrics, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Mean loss over seeds per step; the band spans the lowest to the highest seed."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
-    for method, m in metrics.items():
-        ax.plot([h["step"] for h in m["loss"]], [h["loss"] for h in m["loss"]], label=method)
+    for method, runs in metrics.items():
+        steps = min(len(m["loss"]) for m in runs)
+        losses = np.array([[h["loss"] for h in m["loss"][:steps]] for m in runs])
+        x = [h["step"] for h in runs[0]["loss"][:steps]]
+        (line,) = ax.plot(x, losses.mean(axis=0), label=f"{method} ({len(runs)} seed{'s' * (len(runs) > 1)})")
+        if len(runs) > 1:
+            ax.fill_between(x, losses.min(axis=0), losses.max(axis=0), color=line.get_color(), alpha=0.2)
     ax.set(xlabel="optimizer step", ylabel="training loss (answer tokens)", title="Training loss")
     ax.legend()
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_cost(metrics, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Peak memory and training time, mean over seeds with one standard deviation."""
+    plt = _pyplot()
     methods = list(metrics)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
-    left.bar(methods, [metrics[m]["peak_memory_gb"] for m in methods], color="tab:blue")
-    left.set(ylabel=f"GB ({next(iter(metrics.values()))['memory_kind']})", title="Peak memory")
-    right.bar(methods, [metrics[m]["train_seconds"] for m in methods], color="tab:orange")
-    right.set(ylabel="seconds", title="Training time")
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    memory_kind = next(iter(metrics.values()), [{}])[0].get("memory_kind", "n/a")
+    for ax, key, color, ylabel, title in ((axes[0], "peak_memory_gb", "tab:blue", f"GB ({memory_kind})", "Peak memory"),
+                                          (axes[1], "train_seconds", "tab:orange", "seconds", "Training time")):
+        values = [[m[key] for m in metrics[method]] for method in methods]
+        ax.bar(methods, [np.mean(v) for v in values], yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for v in values],
+               capsize=4, color=color)
+        ax.set(ylabel=ylabel, title=title)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
-def _step_times(benchmarks):
+def plot_scores(comparison, path):
+    """Each method's scores with their bootstrap confidence intervals."""
+    plt = _pyplot()
+    methods = list(comparison["methods"])
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    level = f"{100 * comparison['bootstrap']['confidence']:g} % CI"
+    panels = ((axes[0], "bleu", "BLEU-4", "tab:green"), (axes[1], "rouge_l", "ROUGE-L", "tab:purple"))
+    for ax, metric, label, color in panels:
+        entries = [comparison["methods"][m]["overall"][metric] for m in methods]
+        means = [e["mean"] for e in entries]
+        errors = [[e["mean"] - e["ci"][0] for e in entries], [e["ci"][1] - e["mean"] for e in entries]]
+        ax.bar(methods, means, yerr=errors, capsize=4, color=color)
+        ax.set(ylabel=label, title=f"{label} (error bars: {level})")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _step_times(benchmarks, out_dir):
     rows = []
     for path in benchmarks:
         with open(path) as f:
             record = next(csv.DictReader(f, delimiter="\t"))
-        rows.append({"step": Path(path).stem, "wall time (s)": _fmt(float(record["s"]), 0),
+        step = Path(path).relative_to(Path(out_dir) / "benchmarks").with_suffix("")
+        rows.append({"step": str(step), "wall time (s)": _fmt(float(record["s"]), 0),
                      "max RSS (MB)": record.get("max_rss", "—")})
-    return pd.DataFrame(rows).to_markdown(index=False) if rows else "(no benchmark files)"
+    return _markdown(rows) if rows else "(no benchmark files)"
 
 
-def build_report(config, scores, metrics, manifest, benchmarks, out_path):
+def _budget_lines(metrics):
+    """The token budget each trained method got: the same examples, epochs and batches at every seed."""
+    if not metrics:
+        return ["(no trained method)"]
+    lines = []
+    for method, runs in metrics.items():
+        tokens = sorted({m["tokens_seen"] for m in runs})
+        lines.append(f"- **{method}**: {runs[0]['examples']} examples × {runs[0]['epochs']} epochs = "
+                     f"{runs[0]['steps']} optimizer steps, {', '.join(f'{t:,}' for t in tokens)} real (non-padding) "
+                     f"tokens per seed")
+    budgets = {(m["examples"], m["epochs"], m["steps"], m["tokens_seen"]) for runs in metrics.values() for m in runs}
+    verdict = ("The budget is identical for every method and seed." if len(budgets) <= 1 else
+               "**The budgets differ**: the methods did not train on the same tokens, so their scores are not "
+               "directly comparable.")
+    return lines + ["", verdict]
+
+
+HTML_PAGE = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>peftbench report</title><style>
+body {{ font-family: sans-serif; max-width: 80em; margin: 2em auto; line-height: 1.4; }}
+table {{ border-collapse: collapse; margin: 1em 0; }} th, td {{ border: 1px solid #ccc; padding: 0.2em 0.6em; }}
+img {{ max-width: 100%; }} code {{ background: #f4f4f4; }}
+</style></head><body>
+{body}
+</body></html>
+"""
+
+
+def write_html(markdown_text, plot_dir, out_path):
+    """report.md as one self-contained HTML page (plots inlined), for Snakemake's HTML report, which shows
+    HTML pages but not markdown."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark").enable("table").render(markdown_text)
+    for plot in ("loss.png", "cost.png", "scores.png"):
+        data = base64.b64encode((Path(plot_dir) / plot).read_bytes()).decode()
+        body = body.replace(f'src="{plot}"', f'src="data:image/png;base64,{data}"')
+    with atomic_path(out_path) as tmp:
+        tmp.write_text(HTML_PAGE.format(body=body))
+
+
+def build_report(config, comparison, metrics, manifest, benchmarks, out_path):
+    """metrics: {method: [train_metrics of each seed]}."""
     out_path = Path(out_path)
     plot_loss(metrics, out_path.parent / "loss.png")
     plot_cost(metrics, out_path.parent / "cost.png")
-    any_scores = next(iter(scores.values()))
-    any_metrics = next(iter(metrics.values()), {})
+    plot_scores(comparison, out_path.parent / "scores.png")
+    any_metrics = next(iter(metrics.values()), [{}])[0]
     training, generation, model = config["training"], config["generation"], config["model"]
+    bootstrap = comparison["bootstrap"]
+    level = f"{100 * bootstrap['confidence']:g} %"
+    n_test = comparison["n"]["overall"]
+    seeds = ", ".join(map(str, config["seeds"]))
     data_lines = [
         f"| {name} | {s['origin']} | {s['kept']['train']} | {s['kept']['test']} | "
         f"{sum(s['dropped'].values())} | {s['tokens']['train'].get('mean', '—')} | {s['near_duplicate_prompts']} |"
@@ -118,31 +259,53 @@ def build_report(config, scores, metrics, manifest, benchmarks, out_path):
     ]
     methods_lines = [f"- **{m}**: {METHODS[m].SUMMARY}" + (
         f" — settings `{json.dumps(config['method_settings'][m])}`" if m in config["method_settings"] else "")
-        for m in scores]
+        for m in comparison["methods"]]
     lines = [
         "# peftbench report",
         "",
         f"Model **{model.get('id') or model.get('path')}** ({model['source']}), {training['epochs']} epochs, "
-        f"batch {training['batch_size']}, max length {config['data']['max_length']} tokens. "
-        f"Scores are on {any_scores['n']} held-out test prompts: 'before' is the untrained base model, "
+        f"batch {training['batch_size']}, max length {config['data']['max_length']} tokens, training seeds "
+        f"{seeds}. Scores are on {n_test} held-out test prompts: 'before' is the untrained base model, "
         "'after' the model each method trained.",
         "",
         "## Results",
         "",
-        main_table(scores, metrics),
+        main_table(comparison, metrics),
         "",
-        f"Peak memory is {any_metrics.get('memory_kind', 'n/a')} during training; training time counts "
-        "the training loop only (no model loading); tokens/s counts real (non-padding) tokens.",
+        "Scores, memory, time and tokens/s of a trained method are the mean ± standard deviation over its "
+        "training seeds. The base model is untrained and decodes greedily, so it ran once: its scores do not "
+        f"depend on a seed. Peak memory is {any_metrics.get('memory_kind', 'n/a')} during training; training "
+        "time counts the training loop only (no model loading); tokens/s counts real (non-padding) tokens.",
         "",
-        "## Scores per source",
+        f"## Confidence intervals ({level}, paired bootstrap over test prompts)",
         "",
-        per_source_table(scores),
+        interval_table(comparison),
+        "",
+        "Differences (first method minus second) with their interval; a difference is significant when its "
+        f"interval excludes zero (p is the two-sided bootstrap p-value):",
+        "",
+        differences_table(comparison),
+        "",
+        f"How: {bootstrap['samples']} resamples of the {n_test} test prompts (with replacement, resampling seed "
+        f"{bootstrap['seed']}); every method and every seed is scored on the same resampled prompts (paired). "
+        "A method with several seeds scores as the mean over its seeds of each seed's corpus BLEU-4 (and mean "
+        "ROUGE-L), recomputed on every resample, so an interval sits around the number in the table above. "
+        "BLEU-4 is recomputed from summed per-prompt n-gram statistics, as sacrebleu computes corpus BLEU. The "
+        "interval covers the test prompts' sampling; the ± above is the spread across training seeds.",
+        "",
+        f"## Scores per source (mean [{level} CI])",
+        "",
+        per_source_table(comparison),
+        "",
+        "`comparison.json` holds the per-source differences and p-values as well.",
         "",
         "## Plots",
         "",
         "![training loss](loss.png)",
         "",
         "![peak memory and training time](cost.png)",
+        "",
+        "![scores with confidence intervals](scores.png)",
         "",
         "## Methods",
         "",
@@ -151,13 +314,21 @@ def build_report(config, scores, metrics, manifest, benchmarks, out_path):
         "**Where the memory goes:** activations (identical for every method at the same batch and length) "
         "are most of the peak; the methods differ in weights, gradients and optimizer state:",
         "",
-        *[f"- **{m}**: {METHODS[m].MEMORY}" for m in scores if METHODS[m].TRAINS],
+        *[f"- **{m}**: {METHODS[m].MEMORY}" for m in comparison["methods"] if METHODS[m].TRAINS],
         "",
         "**Fairness:** every trained method sees the same batches in the same order (one seeded "
         "permutation per epoch, grouped by length within windows of 8 batches), the same epochs, batch size "
         "and maximum length, and trains the same two "
         f"turn-token embedding rows ({', '.join(training['trainable_tokens']) or 'none'}) so that it can learn "
         "to end its turn. The loss covers the assistant's answers only.",
+        "",
+        f"**Seeds:** the data sample is drawn once (config `seed: {config['seed']}`) and is the same for every "
+        f"training seed; a training seed ({seeds}) sets the batch order and the initialization of adapters, "
+        "and every method uses the same seeds.",
+        "",
+        "**Token budget per method:**",
+        "",
+        *_budget_lines(metrics),
         "",
         "## Data",
         "",
@@ -172,21 +343,25 @@ def build_report(config, scores, metrics, manifest, benchmarks, out_path):
         "## Evaluation settings",
         "",
         f"- Decoding: greedy, at most {generation['max_new_tokens']} new tokens, stops at `<end_of_turn>`.",
-        f"- BLEU-4: sacrebleu corpus BLEU on detokenized text, signature `{any_scores['bleu_signature']}` "
-        "(not the character-level sentence BLEU some tools report).",
-        f"- ROUGE-L: rouge-score F1 with Porter stemming, mean over examples, x100.",
+        f"- BLEU-4: sacrebleu corpus BLEU on detokenized text, 0-100, signature `{comparison['bleu_signature']}` "
+        "(1-4-gram precisions over the whole test set with a brevity penalty; not the character-level "
+        "sentence BLEU averaged over examples that some tools report, whose numbers are not comparable).",
+        f"- ROUGE-L: rouge-score F1 with Porter stemming (`{json.dumps(comparison['rouge'])}`), mean over "
+        "examples, 0-100; its tokenizer keeps only a-z and 0-9, so text in other scripts scores 0.",
+        f"- Intervals: paired bootstrap, {bootstrap['samples']} resamples, {level} percentile intervals.",
         "",
         "## Environment",
         "",
         f"- Hardware: {any_metrics.get('device', 'n/a')}; {platform.processor() or platform.machine()}, "
-        f"Python {platform.python_version()}.",
+        f"{os.cpu_count()} CPU cores, Python {platform.python_version()}.",
         "- Libraries: " + ", ".join(f"{k} {v}" for k, v in _library_versions().items()) + ".",
         "",
         "## Wall time of each step",
         "",
-        _step_times(benchmarks),
+        _step_times(benchmarks, out_path.parent),
         "",
     ]
+    write_html("\n".join(lines), out_path.parent, out_path.with_suffix(".html"))
     with atomic_path(out_path) as tmp:
         tmp.write_text("\n".join(lines))
 
@@ -194,12 +369,18 @@ def build_report(config, scores, metrics, manifest, benchmarks, out_path):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="the whole config, as JSON")
-    parser.add_argument("--scores", nargs="+", required=True, help="scores.json of each method")
-    parser.add_argument("--metrics", nargs="*", default=[], help="train_metrics.json of each trained method")
+    parser.add_argument("--comparison", required=True, help="comparison.json from `peftbench compare`")
+    parser.add_argument("--scores", nargs="+", required=True, help="scores.json of every run")
+    parser.add_argument("--metrics", nargs="*", default=[], help="train_metrics.json of every trained run")
     parser.add_argument("--manifest", required=True)
     parser.add_argument("--benchmarks", nargs="*", default=[], help="Snakemake benchmark files")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    scores = {s["method"]: s for s in map(read_json, args.scores)}
-    metrics = {m["method"]: m for m in map(read_json, args.metrics)}
-    build_report(json.loads(args.config), scores, metrics, read_json(args.manifest), args.benchmarks, args.out)
+    comparison = read_json(args.comparison)
+    any_scores = read_json(args.scores[0])
+    comparison.update(bleu_signature=any_scores["bleu_signature"], rouge=any_scores["rouge"])
+    metrics = defaultdict(list)
+    for m in map(read_json, args.metrics):
+        metrics[m["method"]].append(m)
+    build_report(json.loads(args.config), comparison, dict(metrics), read_json(args.manifest), args.benchmarks,
+                 args.out)

@@ -15,13 +15,28 @@ except UserError as error:
 OUT = config["output_dir"]
 METHOD_NAMES = config["methods"]
 TRAINED = [m for m in METHOD_NAMES if METHODS[m].TRAINS]
+SEEDS = config["seeds"]
+# One run per trained method and seed (`lora/seed0`); the untrained base decodes greedily, so its one
+# run (`base`) does not depend on a seed.
+RUNS = [run for m in METHOD_NAMES for run in ([f"{m}/seed{s}" for s in SEEDS] if METHODS[m].TRAINS else [m])]
 REPORT = f"{OUT}/report.md"
 # Steps run the `peftbench` command of the environment that runs Snakemake, activated or not.
 shell.prefix(f'set -euo pipefail; export PATH="{os.path.dirname(sys.executable)}:$PATH"; ')
 
 
 wildcard_constraints:
-    method="|".join(METHOD_NAMES),
+    method="|".join(TRAINED) or "(?!)",
+    seed=r"\d+",
+    run="|".join(RUNS),
+
+
+def run_method(wildcards):
+    return wildcards.run.split("/")[0]
+
+
+def run_seed_arg(wildcards):
+    """`--seed k` for a trained run (`lora/seedk`), nothing for the base."""
+    return f"--seed {wildcards.run.rpartition('seed')[2]}" if METHODS[run_method(wildcards)].TRAINS else ""
 
 
 def as_json(section):
@@ -30,18 +45,20 @@ def as_json(section):
 
 
 def method_settings(wildcards):
-    return as_json(config["method_settings"].get(wildcards.method, {}))
+    method = wildcards.method if "method" in wildcards.keys() else run_method(wildcards)
+    return as_json(config["method_settings"].get(method, {}))
 
 
 def trained_dir(wildcards):
-    """The train step's output for a trained method; nothing for the untrained baseline."""
-    if METHODS[wildcards.method].TRAINS:
-        return f"{OUT}/{wildcards.method}/trained"
+    """The train step's output for a trained run (`lora/seed0`); nothing for the untrained baseline."""
+    if METHODS[run_method(wildcards)].TRAINS:
+        return f"{OUT}/{wildcards.run}/trained"
     return []
 
 
 def step_benchmarks(wildcards):
     """Snakemake's benchmark files of the finished steps, for the report's wall-time table."""
     steps = ["prepare_model", "prepare_data"]
-    steps += [f"train_{m}" for m in TRAINED] + [f"{s}_{m}" for s in ("generate", "score") for m in METHOD_NAMES]
+    steps += [f"{r}/{s}" for r in RUNS for s in ("train", "generate", "score")]  # base has no train.tsv
+    steps += ["compare"]
     return [f"{OUT}/benchmarks/{s}.tsv" for s in steps if os.path.exists(f"{OUT}/benchmarks/{s}.tsv")]

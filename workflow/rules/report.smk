@@ -1,12 +1,15 @@
 rule report:
     input:
-        scores=expand(f"{OUT}/{{method}}/scores.json", method=METHOD_NAMES),
-        trained=expand(f"{OUT}/{{method}}/trained", method=TRAINED),
+        scores=expand(rules.score.output.scores, run=RUNS),
+        comparison=rules.compare.output[0],
+        trained=expand(rules.train.output[0], method=TRAINED, seed=SEEDS),
         manifest=rules.prepare_data.output.manifest,
     output:
         report=REPORT,
-        loss_plot=f"{OUT}/loss.png",
-        cost_plot=f"{OUT}/cost.png",
+        page=report(f"{OUT}/report.html", caption="../report/report.rst", category="Report"),
+        loss_plot=report(f"{OUT}/loss.png", caption="../report/loss.rst", category="Plots"),
+        cost_plot=report(f"{OUT}/cost.png", caption="../report/cost.rst", category="Plots"),
+        scores_plot=report(f"{OUT}/scores.png", caption="../report/scores.rst", category="Plots"),
     params:
         config=as_json(config),
         metrics=lambda wildcards, input: [f"{d}/train_metrics.json" for d in input.trained],
@@ -21,5 +24,6 @@ rule report:
         mem_mb=2000,
         runtime=10,
     shell:
-        "peftbench report --config {params.config:q} --scores {input.scores} --metrics {params.metrics}"
-        " --manifest {input.manifest} --benchmarks {params.benchmarks} --out {output.report} > {log} 2>&1"
+        "peftbench report --config {params.config:q} --scores {input.scores} --comparison {input.comparison}"
+        " --metrics {params.metrics} --manifest {input.manifest} --benchmarks {params.benchmarks}"
+        " --out {output.report} > {log} 2>&1"

@@ -2,15 +2,20 @@ rule score:
     input:
         rules.generate.output[0],
     output:
-        f"{OUT}/{{method}}/scores.json",
+        scores=f"{OUT}/{{run}}/scores.json",
+        examples=f"{OUT}/{{run}}/example_scores.json",
+    params:
+        method=run_method,
+        seed=run_seed_arg,
     conda:
         "../../environment.yml"
     log:
-        f"{OUT}/logs/score_{{method}}.log",
+        f"{OUT}/logs/{{run}}/score.log",
     benchmark:
-        f"{OUT}/benchmarks/score_{{method}}.tsv"
+        f"{OUT}/benchmarks/{{run}}/score.tsv"
     resources:
         mem_mb=2000,
         runtime=30,
     shell:
-        "peftbench score --generations {input} --method {wildcards.method} --out {output} > {log} 2>&1"
+        "peftbench score --generations {input} --method {params.method} {params.seed} --out {output.scores}"
+        " --examples {output.examples} > {log} 2>&1"

@@ -3,18 +3,17 @@ rule train:
         model=rules.prepare_model.output[0],
         train=rules.prepare_data.output.train,
     output:
-        directory(f"{OUT}/{{method}}/trained"),
+        directory(f"{OUT}/{{method}}/seed{{seed}}/trained"),
     params:
         settings=method_settings,
         training=as_json(config["training"]),
-        seed=config["seed"],
         dtype=config["model"]["dtype"],
     conda:
         "../../environment.yml"
     log:
-        f"{OUT}/logs/train_{{method}}.log",
+        f"{OUT}/logs/{{method}}/seed{{seed}}/train.log",
     benchmark:
-        f"{OUT}/benchmarks/train_{{method}}.tsv"
+        f"{OUT}/benchmarks/{{method}}/seed{{seed}}/train.tsv"
     threads: 4
     resources:
         gpu=1,
@@ -22,5 +21,5 @@ rule train:
         runtime=24 * 60,
     shell:
         "peftbench train --method {wildcards.method} --model-dir {input.model} --train {input.train}"
-        " --settings {params.settings:q} --training {params.training:q} --seed {params.seed}"
+        " --settings {params.settings:q} --training {params.training:q} --seed {wildcards.seed}"
         " --dtype {params.dtype} --out {output} > {log} 2>&1"

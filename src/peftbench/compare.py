@@ -1,0 +1,128 @@
+"""compare: paired bootstrap over test prompts -> comparison.json: each method's BLEU-4 and ROUGE-L with
+its spread across seeds and a confidence interval, and every pair of methods' difference with its
+interval and whether it is significant.
+
+What is resampled: test prompts, with replacement, the same prompts for every method and seed (paired),
+so the interval says how much a score could move on another test set of the same size.
+Several seeds: a method's score is the mean over its seeds of the per-seed score (corpus BLEU-4 of that
+seed's answers; mean ROUGE-L F1), and each resample recomputes that mean, so the interval is around the
+very number the report shows. The spread across seeds (standard deviation) is reported beside it.
+A difference is significant when its interval excludes zero; p is the two-sided bootstrap p-value.
+"""
+import argparse
+import itertools
+import json
+import statistics
+from collections import defaultdict
+
+import numpy as np
+
+from peftbench.errors import UserError
+from peftbench.io import read_json, write_json
+from peftbench.score import bleu_from_statistics
+
+METRICS = ("bleu", "rouge_l")
+
+
+def load_runs(paths):
+    """{method: [example_scores of each seed, by seed]}; every run must score the same prompts in the same order."""
+    runs = defaultdict(list)
+    for path in paths:
+        run = read_json(path)
+        runs[run["method"]].append(run)
+    first = next(iter(runs.values()))[0]
+    for method, seeds in runs.items():
+        seeds.sort(key=lambda r: -1 if r["seed"] is None else r["seed"])
+        for run in seeds:
+            if run["ids"] != first["ids"]:
+                raise UserError(f"{method} seed {run['seed']} was scored on other test prompts than "
+                                f"{first['method']}: rerun generate and score on the same data/test.jsonl")
+    return dict(runs)
+
+
+def resample_weights(n, samples, rng):
+    """How often each of n prompts is drawn in each resample (samples x n); row 0 is the actual test set."""
+    return np.vstack([np.ones((1, n), dtype=np.int64), rng.multinomial(n, np.full(n, 1 / n), size=samples)])
+
+
+def seed_mean_scores(seeds, weights, columns):
+    """{metric: array over resamples} of the mean over seeds of each seed's score on the resampled prompts."""
+    bleu, rouge = [], []
+    for run in seeds:
+        stats = np.asarray(run["bleu_stats"], dtype=np.int64)[columns]
+        bleu.append(bleu_from_statistics(weights @ stats))
+        rouge.append(100 * (weights @ np.asarray(run["rouge_l"])[columns]) / weights[0].sum())
+    return {"bleu": np.mean(bleu, axis=0), "rouge_l": np.mean(rouge, axis=0), "per_seed_bleu": bleu,
+            "per_seed_rouge_l": rouge}
+
+
+def interval(values, confidence):
+    tail = 100 * (1 - confidence) / 2
+    return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
+
+
+def summarize(score, confidence):
+    """A method's score: the actual value (row 0), its interval over the resamples, its seeds' spread."""
+    out = {}
+    for metric in METRICS:
+        per_seed = [float(s[0]) for s in score[f"per_seed_{metric}"]]
+        out[metric] = {"mean": float(score[metric][0]), "ci": interval(score[metric][1:], confidence),
+                       "per_seed": per_seed, "sd": statistics.stdev(per_seed) if len(per_seed) > 1 else None}
+    return out
+
+
+def difference(score_a, score_b, confidence):
+    out = {}
+    for metric in METRICS:
+        diff = score_a[metric] - score_b[metric]
+        resampled = diff[1:]
+        low, high = interval(resampled, confidence)
+        p = min(1.0, 2 * min(np.mean(resampled <= 0), np.mean(resampled >= 0)))
+        out[metric] = {"diff": float(diff[0]), "ci": [low, high], "p": float(p), "significant": low > 0 or high < 0}
+    return out
+
+
+def pairs(methods):
+    """Each trained method against the base, then every pair of trained methods (in config order)."""
+    trained = [m for m in methods if m != "base"]
+    return ([(m, "base") for m in trained] if "base" in methods else []) + list(itertools.combinations(trained, 2))
+
+
+def compare(example_paths, samples=1000, confidence=0.95, seed=0):
+    runs = load_runs(example_paths)
+    sources = next(iter(runs.values()))[0]["sources"]
+    subsets = {"overall": np.arange(len(sources))}
+    subsets.update({name: np.flatnonzero(np.asarray(sources) == name) for name in sorted(set(sources))})
+    rng = np.random.default_rng(seed)
+    result = {
+        "bootstrap": {"samples": samples, "confidence": confidence, "seed": seed, "unit": "test prompt",
+                      "paired": True, "seeds": "mean over seeds of each seed's score, recomputed per resample"},
+        "n": {name: len(columns) for name, columns in subsets.items()},
+        "seeds": {method: [r["seed"] for r in seeds] for method, seeds in runs.items()},
+        "methods": {method: {} for method in runs},
+        "differences": {f"{a} - {b}": {} for a, b in pairs(list(runs))},
+    }
+    for name, columns in subsets.items():
+        weights = resample_weights(len(columns), samples, rng)  # shared by every method: paired
+        scores = {method: seed_mean_scores(seeds, weights, columns) for method, seeds in runs.items()}
+        for method, score in scores.items():
+            result["methods"][method][name] = summarize(score, confidence)
+        for a, b in pairs(list(runs)):
+            result["differences"][f"{a} - {b}"][name] = difference(scores[a], scores[b], confidence)
+    return result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--examples", nargs="+", required=True, help="example_scores.json of every run")
+    parser.add_argument("--samples", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument("--confidence", type=float, default=0.95)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the resampling")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    if args.samples < 100 or not 0 < args.confidence < 1:
+        raise UserError("bootstrap.samples must be at least 100 and bootstrap.confidence between 0 and 1")
+    result = compare(args.examples, args.samples, args.confidence, args.seed)
+    write_json(args.out, result)
+    summary = {m: {k: round(v["overall"][k]["mean"], 2) for k in METRICS} for m, v in result["methods"].items()}
+    print(json.dumps(summary))

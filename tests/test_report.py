@@ -1,0 +1,47 @@
+"""The report renders seeds, intervals and significance from compare's output (no workflow run needed)."""
+import re
+
+from peftbench.compare import compare
+from peftbench.report import build_report
+from test_compare import degraded, write_run
+
+MANIFEST = {
+    "sources": {name: {"origin": f"builtin:{name}", "kept": {"train": 8, "test": 20}, "dropped": {},
+                       "tokens": {"train": {"mean": 100.0}}, "near_duplicate_prompts": 0}
+                for name in ("alpaca", "tulu", "ultrachat")},
+    "files": {"train.jsonl": "a" * 64, "test.jsonl": "b" * 64},
+}
+
+
+def train_metrics(method, seed):
+    return {"method": method, "device": "cpu", "train_seconds": 10.0 + seed, "peak_memory_gb": 1.5 + seed / 10,
+            "memory_kind": "CPU peak RSS", "tokens_seen": 3000, "tokens_per_s": 300.0 - seed, "examples": 24,
+            "epochs": 1, "steps": 3, "trainable_params": 30_000,
+            "loss": [{"step": s, "loss": 2.0 - s / 10 + seed / 100} for s in (1, 2, 3)]}
+
+
+def test_report_shows_seed_spread_intervals_significance_and_plots(tmp_path, demo_config):
+    paths = [write_run(tmp_path, "base", None, degraded(4))]
+    paths += [write_run(tmp_path, "lora", seed, degraded(1 + seed)) for seed in (0, 1, 2)]
+    paths += [write_run(tmp_path, "qlora", seed, degraded(1 + seed)) for seed in (0, 1, 2)]
+    comparison = compare(paths, samples=300)
+    comparison.update(bleu_signature="nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0",
+                      rouge={"type": "rougeL", "use_stemmer": True})
+    config = {**demo_config, "methods": ["base", "lora", "qlora"], "seeds": [0, 1, 2]}
+    metrics = {m: [train_metrics(m, s) for s in (0, 1, 2)] for m in ("lora", "qlora")}
+    out = tmp_path / "report" / "report.md"
+    build_report(config, comparison, metrics, MANIFEST, [], out)
+    report = out.read_text()
+    lora = comparison["methods"]["lora"]["overall"]["bleu"]
+    assert re.search(rf"^\| lora +\| 3 +\| [\d.]+ +\| {lora['mean']:.1f} ± {lora['sd']:.1f} +\|", report, re.M)
+    assert re.search(r"^\| lora +\| 3 +(\|[^|]+){4}\| 1\.60 ± 0\.10 +\| 11 ± 1 +\| 299 ± 1 +\|", report, re.M)
+    # lora (every answer right on seed 0) beats the base significantly; lora and qlora are the same answers.
+    assert re.search(r"^\| lora - base +\| \+[\d.]+ \[[\d.]+, [\d.]+\] +\| \*\*yes\*\* \(p < 0\.0033\)", report, re.M)
+    assert re.search(r"^\| lora - qlora +\| \+0\.0 \[0\.0, 0\.0\] +\| no \(p = 1\.000\)", report, re.M)
+    assert re.search(r"^\| base +\| — +\| ", report, re.M)  # one run, no seed spread
+    assert "3,000 real (non-padding) tokens per seed" in report and "identical for every method and seed" in report
+    for plot in ("loss.png", "cost.png", "scores.png"):
+        assert (out.parent / plot).read_bytes().startswith(b"\x89PNG") and f"]({plot})" in report
+    page = (out.parent / "report.html").read_text()  # the same page for Snakemake's HTML report
+    tables = len(re.findall(r"^\|[-:| ]+\|$", report, re.M))  # one separator row per markdown table
+    assert tables == 5 and page.count("<table>") == tables and page.count("data:image/png;base64,") == 3
