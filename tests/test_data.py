@@ -136,3 +136,68 @@ def test_builtin_demo_sources_follow_the_hub_schemas(tmp_path, model_dir, demo_c
     manifest = prepare_data(demo_config["data"], model_dir, tmp_path / "out")
     assert {name: s["kept"] for name, s in manifest["sources"].items()} == {
         name: {"train": 32, "test": 8} for name in ("alpaca", "tulu", "ultrachat")}
+
+
+def write_hub_repository(root, repo_id, splits, readme=None):
+    """A local folder laid out like the dataset's hub repository (data/<split>-*.parquet)."""
+    import pandas as pd
+
+    folder = root / repo_id
+    (folder / "data").mkdir(parents=True)
+    for split, rows in splits.items():
+        pd.DataFrame(rows).to_parquet(folder / "data" / f"{split}-00000-of-00001.parquet")
+    if readme:
+        (folder / "README.md").write_text(readme)
+    return str(folder)
+
+
+ULTRACHAT_README = """---
+configs:
+- config_name: default
+  data_files:
+  - split: train_sft
+    path: data/train_sft-*
+  - split: test_sft
+    path: data/test_sft-*
+---
+"""
+
+
+def test_study_sources_load_through_the_hub_code_path(tmp_path, model_dir, study_config):
+    """The study config's three sources, each pointed at a local folder in its hub repository's layout and
+    schema, go through the same datasets.load_dataset call as the hub ids (only the path differs)."""
+    tulu = [{"dataset": "sharegpt", "id": f"sharegpt_{i}", "messages": [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Question {i}?"},
+        {"role": "assistant", "content": f"Answer {i}."}]} for i in range(12)]
+    tulu.append({"dataset": "oasst", "id": "bad", "messages": [{"role": "assistant", "content": "Hi"},
+                                                               {"role": "user", "content": "Q"}]})
+    local = {
+        "tatsu-lab/alpaca": write_hub_repository(tmp_path, "tatsu-lab/alpaca", {"train": alpaca_rows(12)}),
+        "allenai/tulu-v2-sft-mixture": write_hub_repository(tmp_path, "allenai/tulu-v2-sft-mixture",
+                                                            {"train": tulu}),
+        "HuggingFaceH4/ultrachat_200k": write_hub_repository(
+            tmp_path, "HuggingFaceH4/ultrachat_200k",
+            {"train_sft": ultrachat_rows(8), "test_sft": ultrachat_rows(4, offset=70)}, ULTRACHAT_README),
+    }
+    data = study_config["data"]
+    for source in data["sources"]:
+        source["hub"] = local[source["hub"]]
+        source["train"]["n"], source["test"]["n"] = 6, 3
+    manifest = prepare_data(dict(data, max_length=256), model_dir, tmp_path / "out")
+    assert {n: s["kept"] for n, s in manifest["sources"].items()} == {
+        n: {"train": 6, "test": 3} for n in ("alpaca", "tulu", "ultrachat")}
+    assert manifest["sources"]["tulu"]["dropped"] == {"turns out of order": 1}
+    rows = [json.loads(line) for line in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
+    tulu_first = next(r for r in rows if r["source"] == "tulu")["messages"][0]
+    assert tulu_first["role"] == "user" and tulu_first["content"].startswith("Be brief.\n\nQuestion")
+    assert all(s["revision"] == "main" for s in manifest["sources"].values())  # local folders: as configured
+
+
+def test_a_branch_revision_is_kept_when_the_hub_cannot_be_asked(monkeypatch):
+    from peftbench.data import resolve_revision
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    source = {"name": "alpaca", "hub": "tatsu-lab/alpaca", "revision": "main"}
+    assert resolve_revision(source) == "main"
+    pinned = dict(source, revision="0" * 40)
+    assert resolve_revision(pinned) == "0" * 40

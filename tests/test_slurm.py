@@ -18,7 +18,8 @@ from test_workflow import overlay
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = [str(ROOT / "scripts" / "slurm_cluster.sh")]
-METHODS = ["base", "lora"]  # one untrained and one trained method: every rule, 8 jobs
+METHODS = ["base", "lora"]  # one untrained and one trained method (one seed): every rule, 9 jobs
+RUNS = {"base": "base", "lora": "lora/seed0"}
 pytestmark = pytest.mark.integration
 
 
@@ -63,11 +64,11 @@ def finish(run):
 def runs(tmp_path_factory, model_dir, slurm_env):
     """The same tiny DAG run locally and through profiles/slurm, at once, into two output folders."""
     local_dir, slurm_dir = tmp_path_factory.mktemp("local"), tmp_path_factory.mktemp("slurm")
-    local = start_snakemake("--cores", "2", "--configfile", str(overlay(local_dir, model_dir, methods=METHODS)))
+    local = start_snakemake("--cores", "2", "--configfile", str(overlay(local_dir, model_dir, methods=METHODS, seeds=[0])))
     env = {**slurm_env, "SBATCH_PARTITION": "gpu", "SBATCH_ACCOUNT": "peftbench"}  # read by the profile
     slurm = start_snakemake(
         "--workflow-profile", str(ROOT / "profiles" / "slurm"),
-        "--configfile", str(overlay(slurm_dir, model_dir, methods=METHODS)),
+        "--configfile", str(overlay(slurm_dir, model_dir, methods=METHODS, seeds=[0])),
         "--set-resources", "train:gpu=0", "generate:gpu=0",  # no GPU here; all other requests as profiled
         "--slurm-init-seconds-before-status-checks", "5",
         "--slurm-logdir", str(slurm_dir / "slurm_logs"), "--slurm-keep-successful-logs",
@@ -87,35 +88,36 @@ def sacct(job_ids, env):
 def test_every_job_ran_through_slurm_with_its_rules_requests(runs, slurm_env):
     _, slurm_results, log = runs
     job_ids = re.findall(r"has been submitted with SLURM jobid (\d+)", log)
-    assert len(job_ids) == 8, log[-3000:]
+    assert len(job_ids) == 9, log[-3000:]
     for job_id in job_ids:  # the plugin's per-job log, kept
         assert list(slurm_results.parent.glob(f"slurm_logs/**/{job_id}.log")), job_id
-    jobs = {job["Comment"]: job for job in sacct(job_ids, slurm_env)}
-    assert set(jobs) == {"rule_prepare_model", "rule_prepare_data", "rule_train_wildcards_lora", "rule_report",
-                         *(f"rule_{step}_wildcards_{m}" for step in ("generate", "score") for m in METHODS)}
-    for job in jobs.values():
+    jobs = sacct(job_ids, slurm_env)
+    rules = sorted(re.match(r"rule_(.+?)(_wildcards_|$)", job["Comment"]).group(1) for job in jobs)
+    assert rules == sorted(["prepare_model", "prepare_data", "train", "generate", "generate", "score", "score",
+                            "compare", "report"]), rules
+    for job in jobs:
         assert (job["State"], job["Partition"], job["Account"]) == ("COMPLETED", "gpu", "peftbench"), job
     # train.smk: threads 4, mem_mb 32000, runtime 24 h; score.smk: 1 thread, 2000 MB, 30 min
-    train, score = jobs["rule_train_wildcards_lora"], jobs["rule_score_wildcards_base"]
+    train = next(job for job in jobs if job["Comment"].startswith("rule_train_"))
+    score = next(job for job in jobs if job["Comment"].startswith("rule_score_"))
     assert (train["AllocCPUS"], train["ReqMem"], train["Timelimit"]) == ("4", "32000M", "1-00:00:00")
     assert (score["AllocCPUS"], score["ReqMem"], score["Timelimit"]) == ("1", "2000M", "00:30:00")
 
 
 def test_slurm_results_equal_the_local_run(runs):
     local, slurm, _ = runs
-    for method in METHODS:
-        assert (slurm / method / "generations.jsonl").read_text() == (local / method / "generations.jsonl").read_text()
-        assert json.loads((slurm / method / "scores.json").read_text()) == \
-            json.loads((local / method / "scores.json").read_text())
-    local_loss = json.loads((local / "lora" / "trained" / "train_metrics.json").read_text())["loss"]
-    slurm_loss = json.loads((slurm / "lora" / "trained" / "train_metrics.json").read_text())["loss"]
+    for run in RUNS.values():
+        assert (slurm / run / "generations.jsonl").read_text() == (local / run / "generations.jsonl").read_text()
+        assert json.loads((slurm / run / "scores.json").read_text()) == json.loads((local / run / "scores.json").read_text())
+    local_loss = json.loads((local / RUNS["lora"] / "trained" / "train_metrics.json").read_text())["loss"]
+    slurm_loss = json.loads((slurm / RUNS["lora"] / "trained" / "train_metrics.json").read_text())["loss"]
     assert slurm_loss == local_loss and len(local_loss) == 6
     assert re.search(r"^\| lora +\|", (slurm / "report.md").read_text(), re.M)
 
 
 def test_profiles_parse_and_keep_code_changes_from_rerunning(tmp_path, model_dir):
     """Both profiles load (dry run), and both leave `code` out of the rerun triggers."""
-    config = str(overlay(tmp_path, model_dir, methods=METHODS))
+    config = str(overlay(tmp_path, model_dir, methods=METHODS, seeds=[0]))
     for profile in ("default", "slurm"):
         settings = yaml.safe_load((ROOT / "profiles" / profile / "config.yaml").read_text())
         assert settings["rerun-triggers"] == ["mtime", "params", "input"]

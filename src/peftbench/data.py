@@ -50,6 +50,25 @@ def load_split(source: dict, split: str, cache_dir: Path):
     return _load_hub(source, split)
 
 
+def resolve_revision(source):
+    """The commit the configured revision names now, so that both splits come from one commit and the
+    manifest says which; None for a local dataset folder, or offline (the cache then decides)."""
+    revision = source.get("revision")
+    if Path(source["hub"]).is_dir() or (revision and re.fullmatch(r"[0-9a-f]{40}", revision)):
+        return revision
+    from huggingface_hub import HfApi
+
+    from peftbench.credentials import hf_token
+
+    try:
+        commit = HfApi().dataset_info(source["hub"], revision=revision, token=hf_token()).sha
+    except Exception:  # offline, unreachable, gated or unknown: load_dataset then names the cause and the fix
+        return revision
+    log.warning("source %s: revision %r is a branch; resolved to %s. Pin it (data.sources[].revision) for "
+                "data that cannot change under you", source["name"], revision, commit)
+    return commit
+
+
 def _load_hub(source, split):
     import datasets
 
@@ -140,16 +159,19 @@ def seeded_order(dataset, source_name, seed):
     return keyed
 
 
-def draw(dataset, source, seed, tokenizer, max_length, n_wanted, dropped, lengths, held_out=None):
+def draw(dataset, source, seed, tokenizer, max_length, n_wanted, dropped, lengths, held_out=None, visited=None):
     """Walk the rows in seeded order; keep the first n_wanted usable rows. `held_out` (the test draw)
-    removes its own rows and, as a leak, any other row with one of its prompts."""
+    removes the rows it visited (kept or dropped: counted once) and, as a leak, any other row with one of
+    its prompts. Every visited row index is added to `visited`."""
     kept, seen = [], set(held_out["prompts"]) if held_out else set()
     skip = held_out["indices"] if held_out else set()
+    visited = set() if visited is None else visited
     for digest, index in seeded_order(dataset, source["name"], seed):
         if len(kept) == n_wanted:
             break
         if index in skip:
             continue
+        visited.add(index)
         messages, reason = normalize(dataset[index], source["format"])
         if messages is None:
             dropped[reason] += 1
@@ -189,14 +211,17 @@ def prepare_data(data_cfg: dict, model_dir, out_dir, seed=0) -> dict:
     with atomic_dir(out_dir) as tmp:
         for source in data_cfg["sources"]:
             name = source["name"]
+            if "hub" in source:
+                source = {**source, "revision": resolve_revision(source)}
             dropped, train_lengths, test_lengths = Counter(), [], []
             test_split = load_split(source, source["test"]["split"], tmp / "downloads")
+            test_visited = set()
             test = draw(test_split, source, seed, tokenizer, data_cfg["max_length"], source["test"]["n"],
-                        dropped, test_lengths)
+                        dropped, test_lengths, visited=test_visited)
             same_split = source["train"]["split"] == source["test"]["split"]
             train_split = test_split if same_split else load_split(source, source["train"]["split"], tmp / "downloads")
             held_out = {"prompts": {prompt_key(r["messages"]) for r in test},
-                        "indices": {r["_index"] for r in test} if same_split else set()}
+                        "indices": test_visited if same_split else set()}
             train = draw(train_split, source, seed, tokenizer, data_cfg["max_length"], source["train"]["n"],
                          dropped, train_lengths, held_out)
             for row in train + test:

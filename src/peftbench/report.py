@@ -240,6 +240,10 @@ def write_html(markdown_text, plot_dir, out_path):
         tmp.write_text(HTML_PAGE.format(body=body))
 
 
+def _dropped(counts):
+    return ", ".join(f"{n} {reason}" for reason, n in counts.items()) or "0"
+
+
 def build_report(config, comparison, metrics, manifest, benchmarks, out_path):
     """metrics: {method: [train_metrics of each seed]}."""
     out_path = Path(out_path)
@@ -253,8 +257,8 @@ def build_report(config, comparison, metrics, manifest, benchmarks, out_path):
     n_test = comparison["n"]["overall"]
     seeds = ", ".join(map(str, config["seeds"]))
     data_lines = [
-        f"| {name} | {s['origin']} | {s['kept']['train']} | {s['kept']['test']} | "
-        f"{sum(s['dropped'].values())} | {s['tokens']['train'].get('mean', '—')} | {s['near_duplicate_prompts']} |"
+        f"| {name} | {s['origin']} | {s.get('revision') or '—'} | {s['kept']['train']} | {s['kept']['test']} | "
+        f"{_dropped(s['dropped'])} | {s['tokens']['train'].get('mean', '—')} | {s['near_duplicate_prompts']} |"
         for name, s in manifest["sources"].items()
     ]
     methods_lines = [f"- **{m}**: {METHODS[m].SUMMARY}" + (
@@ -332,8 +336,8 @@ def build_report(config, comparison, metrics, manifest, benchmarks, out_path):
         "",
         "## Data",
         "",
-        "| source | origin | train | test | dropped | mean train tokens | near-duplicate prompts |",
-        "|---|---|---|---|---|---|---|",
+        "| source | origin | revision | train | test | dropped (by reason) | mean train tokens | near-duplicate prompts |",
+        "|---|---|---|---|---|---|---|---|",
         *data_lines,
         "",
         f"No test prompt appears in train (exact match after normalization). Files: "
