@@ -321,11 +321,12 @@ def _resume_key(method_name, trained_dir, test_path, settings, generation, dtype
 
 
 def generate(method_name, model_dir, trained_dir, test_path, settings, generation, out_path,
-             dtype="bfloat16", device="auto", chunk_prompts=CHUNK_PROMPTS):
+             dtype="bfloat16", device="auto", chunk_prompts=None):
     """Answer every test prompt, chunk by chunk. Finished chunks are kept beside out_path (not in it:
     Snakemake deletes a job's outputs before it reruns), so a rerun after a kill resumes after the
     last finished chunk; a changed setting, model or test set starts afresh."""
     device = resolve_device(device)
+    chunk_prompts = chunk_prompts or generation.get("chunk_prompts", CHUNK_PROMPTS)
     out_path = Path(out_path)
     chunks_root = out_path.parent / f".{out_path.name}.chunks"
     key = _resume_key(method_name, trained_dir, test_path, settings, generation, dtype)

@@ -9,6 +9,8 @@ rule train:
         training=as_json(config["training"]),
         seed=config["seed"],
         dtype=config["model"]["dtype"],
+        # Not an output: Snakemake deletes a job's outputs before it runs, and these must survive a kill.
+        checkpoints=f"{OUT}/.checkpoints/{{method}}",
     conda:
         "../../environment.yml"
     log:
@@ -23,4 +25,4 @@ rule train:
     shell:
         "peftbench train --method {wildcards.method} --model-dir {input.model} --train {input.train}"
         " --settings {params.settings:q} --training {params.training:q} --seed {params.seed}"
-        " --dtype {params.dtype} --out {output} > {log} 2>&1"
+        " --dtype {params.dtype} --checkpoints {params.checkpoints} --out {output} > {log} 2>&1"
