@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from peftbench.chat import encode_prompt, end_of_turn_id, split_prompt_reference
+from peftbench.errors import UserError
 from peftbench.io import read_json, read_jsonl, write_json, write_jsonl
 from peftbench.methods import METHODS
 from peftbench.model import load_tokenizer
@@ -348,8 +349,12 @@ def generate(method_name, model_dir, trained_dir, test_path, settings, generatio
             tokenizer = load_tokenizer(model_dir)
             model = load_for_eval(METHODS[method_name], model_dir, trained_dir, settings, device, dtype)
         prompts = [encode_prompt(tokenizer, prompt) for prompt, _ in split[first : first + chunk_prompts]]
-        chunk = greedy_answers(model, tokenizer, prompts, generation["max_new_tokens"], generation["batch_size"],
-                               device)
+        try:
+            chunk = greedy_answers(model, tokenizer, prompts, generation["max_new_tokens"],
+                                   generation["batch_size"], device)
+        except torch.cuda.OutOfMemoryError:
+            raise UserError(f"CUDA out of memory generating prompts {first}-{first + len(prompts)}: lower generation."
+                            "batch_size (0 sizes it from free memory) or generation.max_new_tokens") from None
         write_json(chunk_path, chunk)
         answers += chunk
     log.info("%s: %d answers in %.0f s", method_name, len(answers), time.perf_counter() - start)

@@ -186,33 +186,38 @@ def train(method_name, model_dir, train_path, settings, training, out_dir, seed=
         return progress_state["train_seconds"] + time.perf_counter() - start - checkpoint_seconds
 
     progress = tqdm(total=total_steps, initial=step, desc=f"train {method_name}", mininterval=2)
-    for epoch in range(progress_state["epoch"], training["epochs"]):
-        batches = batch_order(lengths, training["batch_size"], epoch, seed)
-        skip = progress_state["batches_done"] if epoch == progress_state["epoch"] else 0
-        for position, batch in enumerate(batches[skip:], start=skip):
-            try:
-                loss, real_tokens = training_step(model, optimizer, scheduler, [examples[i] for i in batch],
-                                                  tokenizer.pad_token_id, trainable, training["max_grad_norm"])
-            except torch.cuda.OutOfMemoryError:
-                raise UserError(f"CUDA out of memory at step {step + 1}: lower training.batch_size or "
-                                "data.max_length, or set training.gradient_checkpointing: true") from None
-            if not torch.isfinite(loss):
-                raise UserError(f"loss is {loss.item()} at step {step + 1}: lower the learning rate "
-                                f"(method_settings.{method_name}) or check the data")
-            step += 1
-            tokens_seen += real_tokens
-            elapsed = train_seconds_so_far()
-            history.append({"step": step, "epoch": epoch + 1, "loss": loss.item(), "lr": scheduler.get_last_lr()[0]})
-            progress.update()
-            progress.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tokens_seen / elapsed:.0f}")
-            if step % training["log_every"] == 0:
-                log.info("step %d/%d loss %.4f tokens/s %.0f", step, total_steps, loss.item(), tokens_seen / elapsed)
-            if checkpoints and step % every == 0 and step < total_steps:
-                paused = time.perf_counter()
-                done = position + 1 == len(batches)  # an epoch's last batch: resume at the next epoch
-                save_checkpoint(epoch + done, 0 if done else position + 1)
-                checkpoint_seconds += time.perf_counter() - paused
-    progress.close()
+    try:  # closed even on error, so that the one-line error starts a line of its own in the log
+        for epoch in range(progress_state["epoch"], training["epochs"]):
+            batches = batch_order(lengths, training["batch_size"], epoch, seed)
+            skip = progress_state["batches_done"] if epoch == progress_state["epoch"] else 0
+            for position, batch in enumerate(batches[skip:], start=skip):
+                try:
+                    loss, real_tokens = training_step(model, optimizer, scheduler, [examples[i] for i in batch],
+                                                      tokenizer.pad_token_id, trainable,
+                                                      training["max_grad_norm"])
+                except torch.cuda.OutOfMemoryError:
+                    raise UserError(f"CUDA out of memory at step {step + 1}: lower training.batch_size or "
+                                    "data.max_length, or set training.gradient_checkpointing: true") from None
+                if not torch.isfinite(loss):
+                    raise UserError(f"loss is {loss.item()} at step {step + 1}: lower the learning rate "
+                                    f"(method_settings.{method_name}) or check the data")
+                step += 1
+                tokens_seen += real_tokens
+                elapsed = train_seconds_so_far()
+                history.append({"step": step, "epoch": epoch + 1, "loss": loss.item(),
+                                "lr": scheduler.get_last_lr()[0]})
+                progress.update()
+                progress.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tokens_seen / elapsed:.0f}")
+                if step % training["log_every"] == 0:
+                    log.info("step %d/%d loss %.4f tokens/s %.0f", step, total_steps, loss.item(),
+                             tokens_seen / elapsed)
+                if checkpoints and step % every == 0 and step < total_steps:
+                    paused = time.perf_counter()
+                    done = position + 1 == len(batches)  # an epoch's last batch: resume at the next epoch
+                    save_checkpoint(epoch + done, 0 if done else position + 1)
+                    checkpoint_seconds += time.perf_counter() - paused
+    finally:
+        progress.close()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     train_seconds = train_seconds_so_far()
