@@ -16,10 +16,13 @@ Where each bad input is tested:
 | CUDA out of memory in generation | `... lower generation.batch_size ... or generation.max_new_tokens` | test_out_of_memory_in_generation_names_the_fix |
 | checkpoint folder from another config | warning, stale checkpoints removed, training starts afresh | test_checkpoint.py::test_checkpoints_of_other_settings_are_removed, test_checkpoint_copied_from_another_config_is_ignored |
 | corrupted checkpoint | warning, resumes from the one before or from scratch | test_checkpoint.py::test_corrupted_checkpoint_falls_back_to_the_one_before, test_unreadable_checkpoints_restart_from_scratch |
-| HF token | never in any log, output or message | test_kill_resume.py::test_hf_token_never_written, test_hub_model_errors_name_the_fix |
+| HF token | never in any log, output or message | test_kill_resume.py::test_hf_token_never_written, test_hub_model_errors_name_the_fix, test_hf_token_is_not_printed_when_the_hub_fails |
 """
 import importlib
 import json
+import os
+import subprocess
+import sys
 
 import huggingface_hub
 import huggingface_hub.errors as hub_errors
@@ -75,6 +78,15 @@ def test_hub_model_errors_name_the_fix(kind, token, message, tmp_path, monkeypat
     assert FAKE_TOKEN not in str(error.value)
     assert seen["token"] == token  # the token reaches the hub, and only the hub
     assert not (tmp_path / "model").exists()
+
+
+def test_hf_token_is_not_printed_when_the_hub_fails(tmp_path):
+    model = {"source": "hub", "id": "google/gemma-3-1b-it", "revision": "main", "dtype": "bfloat16"}
+    env = {**os.environ, "HF_TOKEN": FAKE_TOKEN, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
+    result = subprocess.run([sys.executable, "-m", "peftbench", "prepare-model", "--model", json.dumps(model),
+                             "--out", str(tmp_path / "model")], capture_output=True, text=True, env=env)
+    assert result.returncode == 1 and "error: model google/gemma-3-1b-it" in result.stderr
+    assert FAKE_TOKEN not in result.stdout + result.stderr
 
 
 def alpaca_source(path, n=2):

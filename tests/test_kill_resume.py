@@ -8,6 +8,7 @@ trained weights are bitwise equal to the reference's (CPU is deterministic, and 
 every parameter, optimizer and RNG bit), as are the loss history, the generations and the scores. A fake HF token
 is planted in both runs' environment, and no output, log or message may contain it.
 """
+import base64
 import json
 import os
 import random
@@ -33,21 +34,24 @@ RERUN_TRIGGERS = ["--rerun-triggers", "mtime", "params", "input"]
 pytestmark = pytest.mark.integration
 
 
-def snakemake_command(config, *args):
-    """Snakemake on every method's scores (the report adds nothing to compare)."""
+def snakemake_command(config, *args, report=False):
+    """Snakemake on every method's scores (the report adds nothing to compare, unless asked for)."""
     results = Path(yaml.safe_load(Path(config).read_text())["output_dir"])
-    targets = [str(results / m / "scores.json") for m in ALL_METHODS]
-    return [sys.executable, "-m", "snakemake", "--cores", "2", "--snakefile", str(ROOT / "Snakefile"),
-            "--configfile", str(config), *RERUN_TRIGGERS, *args, *targets]
+    targets = [str(results / m / "scores.json") for m in ALL_METHODS] + [str(results / "report.md")] * report
+    # targets first: --configfile and --rerun-triggers would take them as more values
+    return [sys.executable, "-m", "snakemake", *targets, "--cores", "2", "--snakefile", str(ROOT / "Snakefile"),
+            "--configfile", str(config), *RERUN_TRIGGERS, *args]
 
 
 def environment():
     return {**os.environ, "HF_TOKEN": FAKE_TOKEN}
 
 
-def snakemake(config, *args, check=True):
-    result = subprocess.run(snakemake_command(config, *args), cwd=ROOT, capture_output=True, text=True,
-                            env=environment())
+def snakemake(config, *args, check=True, default_triggers=False, report=False):
+    command = snakemake_command(config, *args, report=report)
+    if default_triggers:
+        command = [a for a in command if a not in RERUN_TRIGGERS]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=environment())
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
@@ -120,7 +124,7 @@ def killed(tmp_path_factory, model_dir):
 
     def training_checkpoint_reached():
         for method, step in plan.items():
-            if list((results / ".checkpoints" / method).glob(f"*/step-{step:08d}")):
+            if list((results / method / ".checkpoints").glob(f"*/step-{step:08d}")):
                 return "train", method, step, (results / method / "trained").exists()
         return None
 
@@ -141,7 +145,7 @@ def killed(tmp_path_factory, model_dir):
     planned = re.findall(r"^\s*output: (.+)$", after_kill.stdout + after_kill.stderr, re.M)
     after_kill.planned = [o for outputs in planned for o in outputs.split(", ")]
     after_kill.planned_but_present = [o for o in after_kill.planned if Path(o).exists()]
-    final = snakemake(config, "--rerun-incomplete")
+    final = snakemake(config, "--rerun-incomplete", report=True)  # the report too, for the token test
     log_path.write_text(log_path.read_text() + final.stdout + final.stderr)
     return tmp_path, kills, {"locked": locked, "after_kill": after_kill}
 
@@ -165,7 +169,7 @@ def test_training_killed_and_resumed_gives_bitwise_the_same_weights(method, refe
     ref_metrics, metrics = (json.loads((d / "train_metrics.json").read_text()) for d in (ref_dir, out_dir))
     assert metrics["resumed_at_steps"] and metrics["resumed_at_steps"][0] >= step  # resumed, not retrained
     assert metrics["loss"] == ref_metrics["loss"] and metrics["tokens_seen"] == ref_metrics["tokens_seen"]
-    assert not (tmp_path / "results" / ".checkpoints" / method).exists()  # cleared once the output is saved
+    assert not (tmp_path / "results" / method / ".checkpoints").exists()  # cleared once the output is saved
 
 
 @pytest.mark.parametrize("method", ALL_METHODS)
@@ -199,7 +203,36 @@ def test_rerun_after_a_kill_needs_unlock_then_redoes_the_killed_job(killed):
 
 
 def test_hf_token_never_written(reference, killed):
+    """Every file of both runs: outputs, report, step logs, Snakemake's own output."""
+    assert (killed[0] / "results" / "report.md").exists()
     for root in (reference, killed[0]):
         for path in root.rglob("*"):
             if path.is_file():
                 assert FAKE_TOKEN.encode() not in path.read_bytes(), path
+
+
+def test_rerun_triggers_retrain_on_a_changed_setting_not_on_a_changed_rule_command(reference):
+    """profiles/default's triggers (mtime, params, input): editing a rule's command retrains nothing, while
+    Snakemake's default triggers (which add code) would; a changed setting still retrains every method."""
+    config, results = reference / "overlay.yaml", reference / "results"
+    # An edited train.smk, as Snakemake sees it: the command recorded for lora's training differs.
+    record_path = ROOT / ".snakemake" / "metadata" / base64.urlsafe_b64encode(
+        str(results / "lora" / "trained").encode()).decode()
+    original = record_path.read_text()
+    record = json.loads(original)
+    record["code"] += "  # an edit"
+    record_path.write_text(json.dumps(record))
+    try:
+        default = snakemake(config, "-n", default_triggers=True)
+        ours = snakemake(config, "-n")
+    finally:
+        record_path.write_text(original)
+    assert re.search(r"^train\s+1$", default.stdout, re.M) and "Code has changed" in default.stdout
+    assert "Nothing to be done" in ours.stdout + ours.stderr
+
+    changed = yaml.safe_load(config.read_text())
+    changed["training"]["warmup_ratio"] = 0.5
+    changed_config = reference / "changed.yaml"
+    changed_config.write_text(yaml.safe_dump(changed))
+    plan = snakemake(changed_config, "-n")
+    assert re.search(rf"^train\s+{len(TRAINED)}$", plan.stdout, re.M), plan.stdout

@@ -220,16 +220,13 @@ class Checkpoints:
         folder = self.path(step)
         try:
             state = read_json(folder / STATE)
-        except (OSError, ValueError) as error:
-            raise CheckpointError(f"{STATE} unreadable ({type(error).__name__})") from None
-        if state.get("key") != self.key:
-            raise CheckpointError(f"made with other settings (key {state.get('key')}, expected {self.key})")
-        try:
+            if state["key"] != self.key:
+                raise CheckpointError(f"made with other settings (key {state['key']}, expected {self.key})")
             if file_sha256(folder / TENSORS) != state["sha256"]:
                 raise CheckpointError(f"{TENSORS} does not match its sha256")
             tensors = load_file(folder / TENSORS)
-        except (OSError, SafetensorError) as error:
-            raise CheckpointError(f"{TENSORS} unreadable ({type(error).__name__})") from None
+        except (OSError, ValueError, KeyError, TypeError, SafetensorError) as error:
+            raise CheckpointError(f"unreadable ({type(error).__name__}: {error})") from None
         params = _under("param/", tensors)
         if set(params) != set(named_params) or any(
                 params[n].shape != p.shape or params[n].dtype != p.dtype for n, p in named_params.items()):

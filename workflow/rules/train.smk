@@ -9,8 +9,9 @@ rule train:
         training=as_json(config["training"]),
         seed=config["seed"],
         dtype=config["model"]["dtype"],
-        # Not an output: Snakemake deletes a job's outputs before it runs, and these must survive a kill.
-        checkpoints=f"{OUT}/.checkpoints/{{method}}",
+        # Beside the output, not in it: Snakemake deletes a job's outputs before it runs, and these must
+        # survive a kill. Derived from the output path, so every output folder has its own.
+        checkpoints=lambda wildcards, output: os.path.join(os.path.dirname(output[0]), ".checkpoints"),
     conda:
         "../../environment.yml"
     log:
