@@ -163,3 +163,14 @@ def test_foreign_folders_under_the_checkpoint_root_are_left_alone(tmp_path):
     (tmp_path / "0123456789abcdef").mkdir()  # looks like a key folder, but has no settings.json: not ours
     Checkpoints(tmp_path, {"a": 1})
     assert (tmp_path / "notes" / "keep.txt").exists() and (tmp_path / "0123456789abcdef").exists()
+
+
+def test_a_killed_folder_write_leaves_nothing_the_next_write_keeps(tmp_path):
+    from peftbench.io import atomic_dir
+
+    leftover = tmp_path / ".trained.tmp-killed"  # what a kill inside atomic_dir leaves
+    leftover.mkdir()
+    (leftover / "half.safetensors").write_bytes(b"half")
+    with atomic_dir(tmp_path / "trained") as tmp:
+        (tmp / "done.txt").write_text("whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trained"]
