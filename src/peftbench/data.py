@@ -45,6 +45,8 @@ def load_split(source: dict, split: str, cache_dir: Path):
         if split not in source["files"]:
             raise UserError(f"source {source['name']}: no file for split {split!r}: add it under files:")
         path = source["files"][split]
+        if not Path(path).is_file() or Path(path).stat().st_size == 0:  # datasets would raise StopIteration
+            raise UserError(f"source {source['name']}: file {path} is missing or empty: fix its files: entry")
         kind = "parquet" if path.endswith(".parquet") else "json"
         return datasets.load_dataset(kind, data_files={split: path}, split=split)
     return _load_hub(source, split)

@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from peftbench.chat import encode_prompt, end_of_turn_id, split_prompt_reference
+from peftbench.errors import UserError
 from peftbench.io import read_json, read_jsonl, write_json, write_jsonl
 from peftbench.methods import METHODS
 from peftbench.model import load_tokenizer
@@ -321,11 +322,12 @@ def _resume_key(method_name, trained_dir, test_path, settings, generation, dtype
 
 
 def generate(method_name, model_dir, trained_dir, test_path, settings, generation, out_path,
-             dtype="bfloat16", device="auto", chunk_prompts=CHUNK_PROMPTS):
+             dtype="bfloat16", device="auto", chunk_prompts=None):
     """Answer every test prompt, chunk by chunk. Finished chunks are kept beside out_path (not in it:
     Snakemake deletes a job's outputs before it reruns), so a rerun after a kill resumes after the
     last finished chunk; a changed setting, model or test set starts afresh."""
     device = resolve_device(device)
+    chunk_prompts = chunk_prompts or generation.get("chunk_prompts", CHUNK_PROMPTS)
     out_path = Path(out_path)
     chunks_root = out_path.parent / f".{out_path.name}.chunks"
     key = _resume_key(method_name, trained_dir, test_path, settings, generation, dtype)
@@ -347,8 +349,12 @@ def generate(method_name, model_dir, trained_dir, test_path, settings, generatio
             tokenizer = load_tokenizer(model_dir)
             model = load_for_eval(METHODS[method_name], model_dir, trained_dir, settings, device, dtype)
         prompts = [encode_prompt(tokenizer, prompt) for prompt, _ in split[first : first + chunk_prompts]]
-        chunk = greedy_answers(model, tokenizer, prompts, generation["max_new_tokens"], generation["batch_size"],
-                               device)
+        try:
+            chunk = greedy_answers(model, tokenizer, prompts, generation["max_new_tokens"],
+                                   generation["batch_size"], device)
+        except torch.cuda.OutOfMemoryError:
+            raise UserError(f"CUDA out of memory generating prompts {first}-{first + len(prompts)}: lower generation."
+                            "batch_size (0 sizes it from free memory) or generation.max_new_tokens") from None
         write_json(chunk_path, chunk)
         answers += chunk
     log.info("%s: %d answers in %.0f s", method_name, len(answers), time.perf_counter() - start)

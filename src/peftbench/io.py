@@ -28,6 +28,8 @@ def atomic_dir(path):
     """Yield a fresh temporary directory that replaces `path` when the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in path.parent.glob(f".{path.name}.tmp-*"):  # of a write that was killed (one writer per path)
+        shutil.rmtree(leftover, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the renamed folder should not be
     try:

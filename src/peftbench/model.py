@@ -58,16 +58,21 @@ def _download_hub(model_id: str, revision: str) -> str:
     from peftbench.credentials import hf_token
 
     patterns = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
+    token = hf_token()
     try:
-        return snapshot_download(model_id, revision=revision, token=hf_token(), allow_patterns=patterns)
+        return snapshot_download(model_id, revision=revision, token=token, allow_patterns=patterns)
     except GatedRepoError:
-        raise UserError(
-            f"model {model_id} is gated: accept its terms on huggingface.co/{model_id} and set HF_TOKEN"
-        ) from None
+        if token:
+            raise UserError(f"model {model_id} is gated and your HF_TOKEN has no access: accept its terms on "
+                            f"huggingface.co/{model_id} with the account of that token") from None
+        raise UserError(f"model {model_id} is gated and no HF_TOKEN is set: accept its terms on "
+                        f"huggingface.co/{model_id} and set HF_TOKEN (environment or .env)") from None
     except RepositoryNotFoundError:
-        raise UserError(
-            f"model {model_id} not found (or private): check model.id in the config, or set HF_TOKEN"
-        ) from None
+        if token:
+            raise UserError(f"model {model_id} not found: check model.id in the config (and that your HF_TOKEN "
+                            "can see it if it is private)") from None
+        raise UserError(f"model {model_id} not found, or private and no HF_TOKEN is set: check model.id in the "
+                        "config, or set HF_TOKEN") from None
     except LocalEntryNotFoundError:
         raise UserError(
             f"model {model_id} is not in the local cache and the hub cannot be reached: "

@@ -5,6 +5,9 @@ the loss projects only the assistant positions through the 262k-row output layer
 most of the compute on CPU and half the memory on GPU); every method sees the same batches in the same
 order from one seeded permutation; and the timing covers training alone. Outputs: the trained weights
 (trainable.save_trained) and train_metrics.json (time, peak memory, tokens, tokens/s, loss per step).
+With a checkpoint folder (--checkpoints), the run saves a checkpoint every training.checkpoint_every steps
+and a rerun resumes from the last one, bitwise identical on CPU to a run that was never interrupted
+(checkpoint.py).
 """
 import argparse
 import json
@@ -20,10 +23,11 @@ from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
 from peftbench.chat import IGNORE_INDEX, encode_chat
-from peftbench.io import atomic_dir, read_jsonl, write_json
+from peftbench.checkpoint import Checkpoints, file_sha256
+from peftbench.io import atomic_dir, read_json, read_jsonl, write_json
 from peftbench.methods import METHODS
 from peftbench.errors import UserError
-from peftbench.model import load_tokenizer
+from peftbench.model import load_tokenizer, model_path
 from peftbench.trainable import TokenRows, build_trainable, causal_lm, save_trained
 
 log = logging.getLogger(__name__)
@@ -141,7 +145,24 @@ def peak_memory(device):
     return {"peak_memory_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, "memory_kind": "CPU peak RSS"}
 
 
-def train(method_name, model_dir, train_path, settings, training, out_dir, seed=0, dtype="bfloat16", device="auto"):
+def checkpoint_settings(method_name, model_dir, train_path, settings, training, seed, dtype, device):
+    """Everything that changes what training computes: a checkpoint made under other values is stale.
+    (How often to checkpoint or log changes nothing, so it is left out.)"""
+    return {
+        "method": method_name,
+        "model": read_json(Path(model_dir) / "model.json"),
+        "model_config": read_json(Path(model_path(model_dir)) / "config.json"),
+        "train_sha256": file_sha256(train_path),
+        "settings": settings,
+        "training": {k: v for k, v in training.items() if k not in ("checkpoint_every", "log_every")},
+        "seed": seed,
+        "dtype": dtype,
+        "device": device.split(":")[0],
+    }
+
+
+def train(method_name, model_dir, train_path, settings, training, out_dir, seed=0, dtype="bfloat16", device="auto",
+          checkpoint_dir=None):
     from transformers import get_cosine_schedule_with_warmup
 
     method = METHODS[method_name]
@@ -162,39 +183,76 @@ def train(method_name, model_dir, train_path, settings, training, out_dir, seed=
     log.info("%s: %d examples, %d steps, %d trainable parameters", method_name, len(examples), total_steps,
              sum(p.numel() for p in trainable))
 
+    # Where a killed run left off: step, position in the data order, loss history, time spent so far.
+    progress_state = {"step": 0, "epoch": 0, "batches_done": 0, "tokens_seen": 0, "train_seconds": 0.0,
+                      "history": [], "resumed_at": []}
+    checkpoints, every = None, training.get("checkpoint_every", 0)
+    named_trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    if checkpoint_dir and every:
+        checkpoints = Checkpoints(checkpoint_dir, checkpoint_settings(
+            method_name, model_dir, train_path, settings, training, seed, dtype, device))
+        resumed = checkpoints.resume(named_trainable, optimizer, scheduler)
+        if resumed is not None:
+            progress_state = resumed
+            progress_state["resumed_at"].append(progress_state["step"])
+    history, tokens_seen, step = progress_state["history"], progress_state["tokens_seen"], progress_state["step"]
+
+    def save_checkpoint(epoch, batches_done):
+        progress_state.update(step=step, epoch=epoch, batches_done=batches_done, tokens_seen=tokens_seen,
+                              train_seconds=train_seconds_so_far())
+        checkpoints.save(step, named_trainable, optimizer, scheduler, progress_state)
+
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    history, tokens_seen, step = [], 0, 0
-    start = time.perf_counter()
-    progress = tqdm(total=total_steps, desc=f"train {method_name}", mininterval=2)
-    for epoch in range(training["epochs"]):
-        for batch in batch_order(lengths, training["batch_size"], epoch, seed):
-            try:
-                loss, real_tokens = training_step(model, optimizer, scheduler, [examples[i] for i in batch],
-                                                  trainable, training["max_grad_norm"])
-            except torch.cuda.OutOfMemoryError:
-                raise UserError(f"CUDA out of memory at step {step + 1}: lower training.batch_size or "
-                                "data.max_length, or set training.gradient_checkpointing: true") from None
-            if not torch.isfinite(loss):
-                raise UserError(f"loss is {loss.item()} at step {step + 1}: lower the learning rate "
-                                f"(method_settings.{method_name}) or check the data")
-            step += 1
-            tokens_seen += real_tokens
-            elapsed = time.perf_counter() - start
-            history.append({"step": step, "epoch": epoch + 1, "loss": loss.item(), "lr": scheduler.get_last_lr()[0]})
-            progress.update()
-            progress.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tokens_seen / elapsed:.0f}")
-            if step % training["log_every"] == 0:
-                log.info("step %d/%d loss %.4f tokens/s %.0f", step, total_steps, loss.item(), tokens_seen / elapsed)
-    progress.close()
+    start, checkpoint_seconds = time.perf_counter(), 0.0
+
+    def train_seconds_so_far():  # training alone: earlier runs' time, not the checkpoints' I/O
+        return progress_state["train_seconds"] + time.perf_counter() - start - checkpoint_seconds
+
+    progress = tqdm(total=total_steps, initial=step, desc=f"train {method_name}", mininterval=2)
+    try:  # closed even on error, so that the one-line error starts a line of its own in the log
+        for epoch in range(progress_state["epoch"], training["epochs"]):
+            batches = batch_order(lengths, training["batch_size"], epoch, seed)
+            skip = progress_state["batches_done"] if epoch == progress_state["epoch"] else 0
+            for position, batch in enumerate(batches[skip:], start=skip):
+                try:
+                    loss, real_tokens = training_step(model, optimizer, scheduler, [examples[i] for i in batch],
+                                                      trainable, training["max_grad_norm"])
+                except torch.cuda.OutOfMemoryError:
+                    raise UserError(f"CUDA out of memory at step {step + 1}: lower training.batch_size or "
+                                    "data.max_length, or set training.gradient_checkpointing: true") from None
+                if not torch.isfinite(loss):
+                    raise UserError(f"loss is {loss.item()} at step {step + 1}: lower the learning rate "
+                                    f"(method_settings.{method_name}) or check the data")
+                step += 1
+                tokens_seen += real_tokens
+                elapsed = train_seconds_so_far()
+                history.append({"step": step, "epoch": epoch + 1, "loss": loss.item(),
+                                "lr": scheduler.get_last_lr()[0]})
+                progress.update()
+                progress.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tokens_seen / elapsed:.0f}")
+                if step % training["log_every"] == 0:
+                    log.info("step %d/%d loss %.4f tokens/s %.0f", step, total_steps, loss.item(),
+                             tokens_seen / elapsed)
+                if checkpoints and step % every == 0 and step < total_steps:
+                    paused = time.perf_counter()
+                    done = position + 1 == len(batches)  # an epoch's last batch: resume at the next epoch
+                    save_checkpoint(epoch + done, 0 if done else position + 1)
+                    checkpoint_seconds += time.perf_counter() - paused
+    finally:
+        progress.close()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    train_seconds = time.perf_counter() - start
+    train_seconds = train_seconds_so_far()
+    if checkpoints and progress_state["step"] < total_steps:
+        # Kept until the output is saved: a kill between here and Snakemake recording the job loses nothing.
+        save_checkpoint(training["epochs"], 0)
 
     metrics = {
         "method": method_name,
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
         "train_seconds": train_seconds,
+        "resumed_at_steps": progress_state["resumed_at"],  # train_seconds sums the runs; memory is this run's
         **peak_memory(device),
         "tokens_seen": tokens_seen,
         "tokens_per_s": tokens_seen / train_seconds,
@@ -208,6 +266,8 @@ def train(method_name, model_dir, train_path, settings, training, out_dir, seed=
     with atomic_dir(out_dir) as tmp:
         save_trained(model, method, settings, tmp, dtype)
         write_json(Path(tmp) / METRICS, metrics)
+    if checkpoints:
+        checkpoints.clear()
     return metrics
 
 
@@ -222,7 +282,9 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--checkpoints", default=None,
+                        help="folder for resumable checkpoints (keep it outside Snakemake's outputs)")
     args = parser.parse_args(argv)
     metrics = train(args.method, args.model_dir, args.train, json.loads(args.settings), json.loads(args.training),
-                    args.out, args.seed, args.dtype, args.device)
+                    args.out, args.seed, args.dtype, args.device, args.checkpoints)
     print(json.dumps({k: v for k, v in metrics.items() if k != "loss"}))

@@ -8,6 +8,9 @@ rule train:
         settings=method_settings,
         training=as_json(config["training"]),
         dtype=config["model"]["dtype"],
+        # Beside the output, not in it: Snakemake deletes a job's outputs before it runs, and these must
+        # survive a kill. Derived from the output path, so every output folder has its own.
+        checkpoints=lambda wildcards, output: os.path.join(os.path.dirname(output[0]), ".checkpoints"),
     conda:
         "../../environment.yml"
     log:
@@ -22,4 +25,4 @@ rule train:
     shell:
         "peftbench train --method {wildcards.method} --model-dir {input.model} --train {input.train}"
         " --settings {params.settings:q} --training {params.training:q} --seed {wildcards.seed}"
-        " --dtype {params.dtype} --out {output} > {log} 2>&1"
+        " --dtype {params.dtype} --checkpoints {params.checkpoints} --out {output} > {log} 2>&1"

@@ -1,0 +1,181 @@
+"""Every bad input stops with one line that names the fix, and leaves nothing half-written.
+
+Where each bad input is tested:
+
+| bad input | what happens | test |
+|---|---|---|
+| unknown config key, wrong type, unknown method | `config error at <key>: ...` before anything runs | test_config.py::test_bad_config_names_the_key_in_one_line, test_workflow.py::test_bad_config_stops_the_workflow_with_one_line |
+| method listed without settings | `config error at method_settings: ...` | test_config.py::test_listed_method_needs_settings |
+| model id not found (with or without a token) | `model X not found ...: check model.id ... or set HF_TOKEN` | test_hub_model_errors_name_the_fix |
+| gated model, no token / a token without access | `model X is gated and no HF_TOKEN is set: accept its terms ... and set HF_TOKEN` | test_hub_model_errors_name_the_fix |
+| hub model or dataset not cached, offline | `... connect to the internet or unset HF_HUB_OFFLINE` | test_hub_errors.py |
+| malformed data rows | dropped, counted by reason in manifest.json | test_data.py::test_bad_rows_of_every_kind_are_counted, test_bad_rows_are_dropped_with_a_reason |
+| a source left empty (empty file, or no usable row) | `source X: file ... is missing or empty` / `only 0 usable train examples ...` | test_empty_source_is_an_error, test_source_with_no_usable_row_is_an_error |
+| NaN or infinite loss | `loss is nan at step N: lower the learning rate ...`, no output | test_non_finite_loss_stops_and_names_the_step |
+| CUDA out of memory in training | `... lower training.batch_size or data.max_length, or set training.gradient_checkpointing: true` | test_out_of_memory_in_training_is_one_line |
+| CUDA out of memory in generation | `... lower generation.batch_size ... or generation.max_new_tokens` | test_out_of_memory_in_generation_names_the_fix |
+| checkpoint folder from another config | warning, stale checkpoints removed, training starts afresh | test_checkpoint.py::test_checkpoints_of_other_settings_are_removed, test_checkpoint_copied_from_another_config_is_ignored |
+| corrupted checkpoint | warning, resumes from the one before or from scratch | test_checkpoint.py::test_corrupted_checkpoint_falls_back_to_the_one_before, test_unreadable_checkpoints_restart_from_scratch |
+| HF token | never in any log, output or message | test_kill_resume.py::test_hf_token_never_written, test_hub_model_errors_name_the_fix, test_hf_token_is_not_printed_when_the_hub_fails |
+"""
+import importlib
+import json
+import os
+import subprocess
+import sys
+
+import huggingface_hub
+import huggingface_hub.errors as hub_errors
+import pytest
+import torch
+
+import peftbench.generate as generate_module
+import peftbench.train as train_module
+from peftbench import cli
+from peftbench.data import prepare_data
+from peftbench.errors import UserError
+from peftbench.model import prepare_model
+
+FAKE_TOKEN = "hf_peftbenchFakeToken0123456789abcdef"
+LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"], "lr": 1e-2}
+TRAINING = {"epochs": 1, "batch_size": 2, "warmup_ratio": 0.0, "weight_decay": 0.0, "max_grad_norm": 1.0,
+            "gradient_checkpointing": False, "trainable_tokens": ["<start_of_turn>", "<end_of_turn>"],
+            "trainable_tokens_lr": 1e-2, "log_every": 1, "checkpoint_every": 1}
+
+
+def hub_error(kind):
+    """A huggingface_hub error as snapshot_download raises it (they carry the HTTP response)."""
+    http = importlib.import_module(hub_errors.Response.__module__.split(".")[0])
+    response = hub_errors.Response(401, request=http.Request("GET", "https://huggingface.co/api/models/x"))
+    return getattr(hub_errors, kind)("401 Client Error", response=response)
+
+
+@pytest.mark.parametrize("kind, token, message", [
+    ("RepositoryNotFoundError", None, "model google/gemma-3-1b-it not found, or private and no HF_TOKEN is set: "
+                                      "check model.id in the config, or set HF_TOKEN"),
+    ("RepositoryNotFoundError", FAKE_TOKEN, "model google/gemma-3-1b-it not found: check model.id in the config"),
+    ("GatedRepoError", None, "model google/gemma-3-1b-it is gated and no HF_TOKEN is set: accept its terms on "
+                             "huggingface.co/google/gemma-3-1b-it and set HF_TOKEN (environment or .env)"),
+    ("GatedRepoError", FAKE_TOKEN, "model google/gemma-3-1b-it is gated and your HF_TOKEN has no access: accept "
+                                   "its terms on huggingface.co/google/gemma-3-1b-it with the account of that token"),
+])
+def test_hub_model_errors_name_the_fix(kind, token, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no .env here
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    if token:
+        monkeypatch.setenv("HF_TOKEN", token)
+    seen = {}
+
+    def snapshot_download(repo_id, **kwargs):
+        seen["token"] = kwargs.get("token")
+        raise hub_error(kind)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    model = {"source": "hub", "id": "google/gemma-3-1b-it", "revision": "main", "dtype": "bfloat16"}
+    with pytest.raises(UserError) as error:
+        prepare_model(model, tmp_path / "model")
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+    assert FAKE_TOKEN not in str(error.value)
+    assert seen["token"] == token  # the token reaches the hub, and only the hub
+    assert not (tmp_path / "model").exists()
+
+
+def test_hf_token_is_not_printed_when_the_hub_fails(tmp_path):
+    model = {"source": "hub", "id": "google/gemma-3-1b-it", "revision": "main", "dtype": "bfloat16"}
+    env = {**os.environ, "HF_TOKEN": FAKE_TOKEN, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
+    result = subprocess.run([sys.executable, "-m", "peftbench", "prepare-model", "--model", json.dumps(model),
+                             "--out", str(tmp_path / "model")], capture_output=True, text=True, env=env)
+    assert result.returncode == 1 and "error: model google/gemma-3-1b-it" in result.stderr
+    assert FAKE_TOKEN not in result.stdout + result.stderr
+
+
+def alpaca_source(path, n=2):
+    return {"name": "alpaca", "format": "alpaca", "files": {"train": str(path)},
+            "train": {"split": "train", "n": n}, "test": {"split": "train", "n": 1}}
+
+
+def test_empty_source_is_an_error(tmp_path, model_dir):
+    empty = tmp_path / "alpaca.jsonl"
+    empty.write_text("")
+    fix = r"^source alpaca: file .*alpaca.jsonl is missing or empty: fix its files: entry$"
+    with pytest.raises(UserError, match=fix):
+        prepare_data({"max_length": 128, "sources": [alpaca_source(empty)]}, model_dir, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_source_with_no_usable_row_is_an_error(tmp_path, model_dir):
+    bad = tmp_path / "alpaca.jsonl"
+    bad.write_text("".join(json.dumps({"instruction": f"Q{i}", "input": "", "output": " "}) + "\n" for i in range(4)))
+    with pytest.raises(UserError) as error:
+        prepare_data({"max_length": 128, "sources": [alpaca_source(bad)]}, model_dir, tmp_path / "out")
+    message = str(error.value)
+    assert message.startswith("source alpaca: only 0 usable train examples of 2 asked ({'empty response'")
+    assert message.endswith("lower train.n or raise data.max_length")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture()
+def train_path(tmp_path):
+    path = tmp_path / "train.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"What does function {i} return?"},
+                          {"role": "assistant", "content": f"It returns {i}."}]} for i in range(8)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def train_argv(model_dir, train_path, out, checkpoints):
+    return ["train", "--method", "lora", "--model-dir", str(model_dir), "--train", str(train_path),
+            "--settings", json.dumps(LORA), "--training", json.dumps(TRAINING), "--device", "cpu",
+            "--out", str(out), "--checkpoints", str(checkpoints)]
+
+
+@pytest.mark.parametrize("poison", ["nan", "inf"])
+def test_non_finite_loss_stops_and_names_the_step(poison, model_dir, train_path, tmp_path, monkeypatch, capsys):
+    """At step 3 a trained weight turns NaN (a real NaN loss), or the loss itself is infinite."""
+    real_step, calls = train_module.training_step, []
+
+    def step(model, *args):
+        calls.append(1)
+        if len(calls) == 3:
+            if poison == "inf":
+                return torch.tensor(float("inf")), 1
+            with torch.no_grad():
+                next(p for p in model.parameters() if p.requires_grad).fill_(float("nan"))
+        return real_step(model, *args)
+
+    monkeypatch.setattr(train_module, "training_step", step)
+    assert cli.main(train_argv(model_dir, train_path, tmp_path / "out", tmp_path / "ckpt")) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (f"peftbench train: error: loss is {poison} at step 3: lower the learning rate "
+                    "(method_settings.lora) or check the data")
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_of_memory_in_training_is_one_line(model_dir, train_path, tmp_path, monkeypatch, capsys):
+    def step(*args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(train_module, "training_step", step)
+    assert cli.main(train_argv(model_dir, train_path, tmp_path / "out", tmp_path / "ckpt")) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == ("peftbench train: error: CUDA out of memory at step 1: lower training.batch_size or "
+                    "data.max_length, or set training.gradient_checkpointing: true")
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_of_memory_in_generation_names_the_fix(model_dir, tmp_path, monkeypatch):
+    test_path = tmp_path / "test.jsonl"
+    rows = [{"id": f"a-{i}", "source": "a", "messages": [{"role": "user", "content": f"Q{i}"},
+                                                          {"role": "assistant", "content": "A"}]} for i in range(2)]
+    test_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def greedy_answers(*args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(generate_module, "greedy_answers", greedy_answers)
+    with pytest.raises(UserError) as error:
+        generate_module.generate("base", model_dir, None, test_path, {}, {"max_new_tokens": 4, "batch_size": 64},
+                                 tmp_path / "generations.jsonl", device="cpu")
+    assert str(error.value) == ("CUDA out of memory generating prompts 0-2: lower generation.batch_size "
+                                "(0 sizes it from free memory) or generation.max_new_tokens")
+    assert not (tmp_path / "generations.jsonl").exists()

@@ -1,0 +1,234 @@
+"""kill -9 anywhere, rerun, identical results: the real Snakemake DAG on the tiny Gemma 3, on CPU.
+
+One uninterrupted run of every method is the reference. A second run of the same config is killed with
+SIGKILL, whole process group (Snakemake and its jobs), once inside each trained method's training at a
+randomly chosen step, and once inside a generation at a randomly chosen chunk; each time it is rerun as the
+README says: `--unlock` (the killed Snakemake left its lock), then `--rerun-incomplete`. In the end the
+trained weights are bitwise equal to the reference's (CPU is deterministic, and the checkpoint restores
+every parameter, optimizer and RNG bit), as are the loss history, the generations and the scores. A fake HF token
+is planted in both runs' environment, and no output, log or message may contain it.
+"""
+import base64
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+from test_workflow import overlay as workflow_overlay
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAINED = ["lora", "qlora", "galore", "hybrid"]
+ALL_METHODS = ["base", *TRAINED]
+STEPS = 6  # 24 training examples, batch 4, 1 epoch
+PROMPTS = 9  # 3 test prompts per source, one chunk each
+FAKE_TOKEN = "hf_peftbenchFakeToken0123456789abcdef"
+# What profiles/default sets: a change of code (a rule's shell command) or environment alone retrains nothing.
+RERUN_TRIGGERS = ["--rerun-triggers", "mtime", "params", "input"]
+pytestmark = pytest.mark.integration
+
+
+def run(method):
+    """A method's output folder under results/: one seed (seed 0) for a trained method."""
+    return method if method == "base" else f"{method}/seed0"
+
+
+def snakemake_command(config, *args, report=False):
+    """Snakemake on every method's scores (the report adds nothing to compare, unless asked for)."""
+    results = Path(yaml.safe_load(Path(config).read_text())["output_dir"])
+    targets = [str(results / run(m) / "scores.json") for m in ALL_METHODS] + [str(results / "report.md")] * report
+    # targets first: --configfile and --rerun-triggers would take them as more values
+    return [sys.executable, "-m", "snakemake", *targets, "--cores", "2", "--snakefile", str(ROOT / "Snakefile"),
+            "--configfile", str(config), *RERUN_TRIGGERS, *args]
+
+
+def environment():
+    return {**os.environ, "HF_TOKEN": FAKE_TOKEN}
+
+
+def snakemake(config, *args, check=True, default_triggers=False, report=False):
+    command = snakemake_command(config, *args, report=report)
+    if default_triggers:  # Snakemake's own default, which profiles/default would otherwise replace
+        command = [a for a in command if a not in RERUN_TRIGGERS] + [
+            "--rerun-triggers", "code", "input", "mtime", "params", "software-env"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=environment())
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def overlay(tmp_path, model_dir):
+    """test_workflow's tiny study, one seed, a checkpoint every step and a generation chunk per prompt."""
+    return workflow_overlay(
+        tmp_path, model_dir, seeds=[0],
+        training={"epochs": 1, "batch_size": 4, "log_every": 1, "checkpoint_every": 1},
+        method_settings={"galore": {"rank": 8, "update_proj_gap": 2}, "hybrid": {"rank": 8, "update_proj_gap": 2}},
+        generation={"max_new_tokens": 16, "batch_size": 1, "chunk_prompts": 1})
+
+
+def run_until(config, log_path, should_kill, timeout=600):
+    """Unlock, then run the whole workflow in its own process group; SIGKILL the group as soon as
+    should_kill() returns something, and return that."""
+    snakemake(config, "--unlock")
+    with open(log_path, "a") as log:
+        process = subprocess.Popen(snakemake_command(config, "--rerun-incomplete"), cwd=ROOT, env=environment(),
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while process.poll() is None and time.monotonic() < deadline:
+            what = should_kill()
+            if what:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                return what
+            time.sleep(0.005)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        raise AssertionError(f"the run ended (rc {process.wait()}) before the planned kill:\n"
+                             f"{Path(log_path).read_text()[-3000:]}")
+
+
+def trained_tensors(folder):
+    files = [folder / "full_rank_weights.safetensors", folder / "adapter" / "adapter_model.safetensors"]
+    return {f"{f.name}:{k}": v for f in files if f.exists() for k, v in load_file(f).items()}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, model_dir):
+    tmp_path = tmp_path_factory.mktemp("reference")
+    config = overlay(tmp_path, model_dir)
+    result = snakemake(config)
+    (tmp_path / "snakemake.log").write_text(result.stdout + result.stderr)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory, model_dir):
+    """The same config, killed inside every method's training and inside one generation, rerun each time."""
+    tmp_path = tmp_path_factory.mktemp("killed")
+    config, results, log_path = overlay(tmp_path, model_dir), tmp_path / "results", tmp_path / "snakemake.log"
+    rng = random.Random()
+    plan = {m: rng.randint(1, STEPS - 2) for m in TRAINED}  # the step whose checkpoint triggers the kill
+    chunk = rng.randint(1, PROMPTS - 2)
+    kills = []
+
+    def training_checkpoint_reached():
+        for method, step in plan.items():
+            if list((results / run(method) / ".checkpoints").glob(f"*/step-{step:08d}")):
+                return "train", method, step, (results / run(method) / "trained").exists()
+        return None
+
+    def generation_chunk_reached():
+        for method in ALL_METHODS:
+            if len(list((results / run(method)).glob(f".generations.jsonl.chunks/*/*.json"))) >= chunk:
+                return "generate", method, chunk, (results / run(method) / "generations.jsonl").exists()
+        return None
+
+    while plan:
+        kill = run_until(config, log_path, training_checkpoint_reached)
+        kills.append(kill)
+        del plan[kill[1]]
+    kills.append(run_until(config, log_path, generation_chunk_reached))
+    locked = snakemake(config, check=False)  # a plain rerun right after a kill
+    snakemake(config, "--unlock")
+    after_kill = snakemake(config, "--rerun-incomplete", "-n", check=False)  # what the rerun will do
+    planned = re.findall(r"^\s*output: (.+)$", after_kill.stdout + after_kill.stderr, re.M)
+    after_kill.planned = [o for outputs in planned for o in outputs.split(", ")]
+    after_kill.planned_but_present = [o for o in after_kill.planned if Path(o).exists()]
+    final = snakemake(config, "--rerun-incomplete", report=True)  # the report too, for the token test
+    log_path.write_text(log_path.read_text() + final.stdout + final.stderr)
+    return tmp_path, kills, {"locked": locked, "after_kill": after_kill}
+
+
+def test_every_kill_landed_mid_step(killed):
+    _, kills, _ = killed
+    assert sorted(k[1] for k in kills if k[0] == "train") == sorted(TRAINED)
+    assert [k[0] for k in kills].count("generate") == 1
+    assert not any(k[3] for k in kills), f"a kill came after its step had finished: {kills}"
+
+
+@pytest.mark.parametrize("method", TRAINED)
+def test_training_killed_and_resumed_gives_bitwise_the_same_weights(method, reference, killed):
+    tmp_path, kills, _ = killed
+    step = next(k[2] for k in kills if k[:2] == ("train", method))
+    ref_dir, out_dir = reference / "results" / run(method) / "trained", tmp_path / "results" / run(method) / "trained"
+    ref, out = trained_tensors(ref_dir), trained_tensors(out_dir)
+    assert ref.keys() == out.keys() and ref
+    different = [name for name in ref if not ref[name].equal(out[name])]
+    assert not different, f"{method} killed at step {step}: {different[:3]} differ"
+    ref_metrics, metrics = (json.loads((d / "train_metrics.json").read_text()) for d in (ref_dir, out_dir))
+    assert metrics["resumed_at_steps"] and metrics["resumed_at_steps"][0] >= step  # resumed, not retrained
+    assert metrics["loss"] == ref_metrics["loss"] and metrics["tokens_seen"] == ref_metrics["tokens_seen"]
+    assert not (tmp_path / "results" / run(method) / ".checkpoints").exists()  # cleared once the output is saved
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_generations_and_scores_are_identical(method, reference, killed):
+    tmp_path, _, _ = killed
+    for name in ("generations.jsonl", "scores.json"):
+        killed_file, reference_file = (root / "results" / run(method) / name for root in (tmp_path, reference))
+        assert killed_file.read_bytes() == reference_file.read_bytes()
+    assert not list((tmp_path / "results" / run(method)).glob(".generations.jsonl.chunks"))
+
+
+def test_killed_generation_resumed_after_its_saved_chunks(killed):
+    tmp_path, kills, _ = killed
+    method = next(k[1] for k in kills if k[0] == "generate")
+    log = (tmp_path / "results" / "logs" / run(method) / "generate.log").read_text()
+    assert "already answered (resumed)" in log
+
+
+def test_rerun_after_a_kill_needs_unlock_then_redoes_the_killed_job(killed):
+    """The killed Snakemake leaves its lock: a plain rerun stops and names --unlock. After unlocking, the
+    killed job's output is missing (it is renamed into place only when complete), so the rerun plans that
+    job and what depends on it, and nothing that had finished."""
+    tmp_path, kills, runs = killed
+    locked = runs["locked"].stdout + runs["locked"].stderr
+    assert runs["locked"].returncode != 0 and "Directory cannot be locked" in locked and "--unlock" in locked
+    method = kills[-1][1]  # the last kill was inside generate_<method>
+    plan = runs["after_kill"].stdout + runs["after_kill"].stderr
+    assert runs["after_kill"].returncode == 0, plan
+    assert str(tmp_path / "results" / run(method) / "generations.jsonl") in runs["after_kill"].planned, plan
+    assert not runs["after_kill"].planned_but_present, plan
+
+
+def test_hf_token_never_written(reference, killed):
+    """Every file of both runs: outputs, report, step logs, Snakemake's own output."""
+    assert (killed[0] / "results" / "report.md").exists()
+    for root in (reference, killed[0]):
+        for path in root.rglob("*"):
+            if path.is_file():
+                assert FAKE_TOKEN.encode() not in path.read_bytes(), path
+
+
+def test_rerun_triggers_retrain_on_a_changed_setting_not_on_a_changed_rule_command(reference):
+    """profiles/default's triggers (mtime, params, input): editing a rule's command retrains nothing, while
+    Snakemake's default triggers (which add code) would; a changed setting still retrains every method."""
+    config, results = reference / "overlay.yaml", reference / "results"
+    # An edited train.smk, as Snakemake sees it: the command recorded for lora's training differs.
+    record_path = ROOT / ".snakemake" / "metadata" / base64.urlsafe_b64encode(
+        str(results / run("lora") / "trained").encode()).decode()
+    original = record_path.read_text()
+    record = json.loads(original)
+    record["code"] += "  # an edit"
+    record_path.write_text(json.dumps(record))
+    try:
+        default = snakemake(config, "-n", default_triggers=True)
+        ours = snakemake(config, "-n")
+    finally:
+        record_path.write_text(original)
+    assert re.search(r"^train\s+1$", default.stdout, re.M) and "Code has changed" in default.stdout
+    assert "Nothing to be done" in ours.stdout + ours.stderr
+
+    changed = yaml.safe_load(config.read_text())
+    changed["training"]["warmup_ratio"] = 0.5
+    changed_config = reference / "changed.yaml"
+    changed_config.write_text(yaml.safe_dump(changed))
+    plan = snakemake(changed_config, "-n")
+    assert re.search(rf"^train\s+{len(TRAINED)}$", plan.stdout, re.M), plan.stdout
