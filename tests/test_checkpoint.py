@@ -3,6 +3,7 @@ weights for every method; stale, foreign and corrupted checkpoints are handled; 
 import json
 import logging
 import pickle
+import time
 
 import pytest
 import torch
@@ -174,3 +175,16 @@ def test_a_killed_folder_write_leaves_nothing_the_next_write_keeps(tmp_path):
     with atomic_dir(tmp_path / "trained") as tmp:
         (tmp / "done.txt").write_text("whole")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["trained"]
+
+
+def test_training_time_counts_each_second_once(model_dir, train_path, tmp_path, monkeypatch):
+    """Checkpoints store the running training time; a later step must not add it a second time, in one run
+    or across a kill and resume (the report's training time and tokens/s come from it)."""
+    started = time.perf_counter()
+    whole = run("lora", model_dir, train_path, tmp_path / "ref", tmp_path / "ref-ckpt")
+    assert 0 < whole["train_seconds"] <= time.perf_counter() - started
+    started = time.perf_counter()
+    run("lora", model_dir, train_path, tmp_path / "out", tmp_path / "ckpt", kill_after=4, monkeypatch=monkeypatch)
+    resumed = run("lora", model_dir, train_path, tmp_path / "out", tmp_path / "ckpt")
+    assert 0 < resumed["train_seconds"] <= time.perf_counter() - started
+    assert resumed["tokens_per_s"] == pytest.approx(resumed["tokens_seen"] / resumed["train_seconds"])

@@ -173,4 +173,6 @@ def test_packed_answer_loss_matches_the_stock_loss_on_padded_batches(model_dir, 
     for other in (whole, chunked):
         torch.testing.assert_close(other[0], stock[0], rtol=2e-2, atol=2e-2)  # bf16 compute
         for a, b in zip(other[1], stock[1]):
-            torch.testing.assert_close(a, b, rtol=5e-2, atol=1e-2 * b.abs().max().item())
+            # Relative to the whole gradient: a few bf16-rounded elements differ by more than 5 % of their
+            # own (tiny) value, while attention across examples would change the gradient as a whole.
+            assert (a - b).norm() <= 2e-2 * b.norm(), ((a - b).norm() / b.norm()).item()

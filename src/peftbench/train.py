@@ -204,10 +204,11 @@ def train(method_name, model_dir, train_path, settings, training, out_dir, seed=
 
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    start, checkpoint_seconds = time.perf_counter(), 0.0
+    # Earlier runs' time is read once: save_checkpoint writes the running total back into progress_state.
+    earlier_seconds, start, checkpoint_seconds = progress_state["train_seconds"], time.perf_counter(), 0.0
 
     def train_seconds_so_far():  # training alone: earlier runs' time, not the checkpoints' I/O
-        return progress_state["train_seconds"] + time.perf_counter() - start - checkpoint_seconds
+        return earlier_seconds + time.perf_counter() - start - checkpoint_seconds
 
     progress = tqdm(total=total_steps, initial=step, desc=f"train {method_name}", mininterval=2)
     try:  # closed even on error, so that the one-line error starts a line of its own in the log
