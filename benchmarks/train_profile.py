@@ -1,0 +1,96 @@
+"""Where peftbench's training step spends its time at the gemma-3-1b-it shape: wall time per step, GPU
+kernel time per step, and the kernels and operators that take it, for each method.
+
+Same model, synthetic batches and training path as train_speed.py (peftbench's path only); one untimed
+pass over the batches first, so compilation and first-use costs are not in the profile.
+
+  python benchmarks/train_profile.py --tokenizer DIR --methods lora galore   # GPU: writes train_profile.md
+  python benchmarks/train_profile.py --tiny --steps 2 --out /tmp              # CPU smoke test
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from torch.profiler import ProfilerActivity, profile
+
+import train_speed
+from peftbench.methods import METHODS
+from peftbench.train import batch_order, training_step
+from peftbench.trainable import build_trainable
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokenizer", help="folder with a Gemma 3 tokenizer")
+    parser.add_argument("--methods", nargs="+", default=["lora", "qlora", "galore", "hybrid"])
+    parser.add_argument("--steps", type=int, default=10, help="optimizer steps: timed, then profiled")
+    parser.add_argument("--rows", type=int, default=25, help="operators listed per table")
+    parser.add_argument("--work", default="/tmp/peftbench-profile")
+    parser.add_argument("--out", default=str(Path(__file__).parent))
+    parser.add_argument("--tiny", action="store_true", help="toy model on CPU (smoke test)")
+    args = parser.parse_args(argv)
+
+    config = yaml.safe_load((train_speed.ROOT / "config.yaml").read_text())
+    model_dir = train_speed.make_model_dir(Path(args.work), args.tokenizer, args.tiny)
+    from peftbench.model import load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir)
+    vocab = len(tokenizer) if args.tiny else 262_144
+    examples = train_speed.synthetic_examples(8 * args.steps, 64 if args.tiny else 1024, vocab)
+    batches = [[examples[i] for i in b] for b in batch_order([len(ids) for ids, _ in examples], 8, 0, 0)]
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    sort_key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    command = "python benchmarks/train_profile.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    lines = [f"# Where the training step's time goes ({torch.cuda.get_device_name() if cuda else 'cpu'})", "",
+             f"Command: `{command}`", ""]
+    for method in args.methods:
+        settings = dict(config["method_settings"][method])
+        if args.tiny and "rank" in settings:
+            settings["rank"] = 8
+        model, groups = build_trainable(METHODS[method], model_dir, settings, config["training"], tokenizer, device)
+        model.train()
+        optimizer = METHODS[method].optimizer(groups, settings, config["training"])
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        trainable = [p for group in groups for p in group]
+
+        def step(batch):
+            return training_step(model, optimizer, scheduler, batch, trainable, 1.0)
+
+        for batch in batches:  # untimed: compilation, allocator, first-use costs
+            step(batch)
+        if cuda:
+            torch.cuda.synchronize()
+        start, tokens = time.perf_counter(), 0
+        for batch in batches:
+            tokens += step(batch)[1]
+        if cuda:
+            torch.cuda.synchronize()
+        wall_ms = 1000 * (time.perf_counter() - start) / len(batches)
+        with profile(activities=activities) as prof:
+            for batch in batches:
+                step(batch)
+            if cuda:
+                torch.cuda.synchronize()
+        events = prof.key_averages()
+        kernel_ms = sum(e.self_device_time_total for e in events) / 1000 / len(batches)
+        summary = f"{tokens * 1000 / wall_ms / len(batches):,.0f} real tokens/s; {wall_ms:.1f} ms per step of wall time"
+        if cuda:
+            summary += f", {kernel_ms:.1f} ms of it in GPU kernels (the rest: the GPU waits for the CPU)"
+        lines += [f"## {method}", "", summary + ".", "",
+                  "```", events.table(sort_by=sort_key, row_limit=args.rows, max_name_column_width=60), "```", ""]
+        print("\n".join(lines[-7:-4]), flush=True)
+        del model, optimizer, scheduler, trainable, groups, step
+        torch._dynamo.reset()
+        train_speed.free_memory()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_profile.md").write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
