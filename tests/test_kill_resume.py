@@ -4,9 +4,13 @@ One uninterrupted run of every method is the reference. A second run of the same
 SIGKILL, whole process group (Snakemake and its jobs), once inside each trained method's training at a
 randomly chosen step, and once inside a generation at a randomly chosen chunk; each time it is rerun as the
 README says: `--unlock` (the killed Snakemake left its lock), then `--rerun-incomplete`. In the end the
-trained weights are bitwise equal to the reference's (CPU is deterministic, and the checkpoint restores
-every parameter, optimizer and RNG bit), as are the loss history, the generations and the scores. A fake HF token
-is planted in both runs' environment, and no output, log or message may contain it.
+generations and the scores equal the reference's exactly, and the trained weights and the loss history to
+float32 rounding (1e-5 of each tensor's largest value), not bit for bit:
+a CPU trains in float32, and some of its parallel kernels (bitsandbytes' 4-bit layers, the turn-token rows'
+gradient) round differently in the last bits from one process to the next, even between two uninterrupted
+runs (measured: 7e-12 to 1.5e-8 on weights of about 0.05). That resuming itself loses nothing, bit for bit,
+is tests/test_checkpoint.py's proof, in one process, for every method.
+A fake HF token is planted in both runs' environment, and no output, log or message may contain it.
 """
 import base64
 import json
@@ -26,6 +30,7 @@ from test_workflow import overlay as workflow_overlay
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINED = ["lora", "qlora", "galore", "hybrid"]
+ROUNDING = 1e-5  # float32 rounding across processes (see above)
 ALL_METHODS = ["base", *TRAINED]
 STEPS = 6  # 24 training examples, batch 4, 1 epoch
 PROMPTS = 9  # 3 test prompts per source, one chunk each
@@ -154,17 +159,19 @@ def test_every_kill_landed_mid_step(killed):
 
 
 @pytest.mark.parametrize("method", TRAINED)
-def test_training_killed_and_resumed_gives_bitwise_the_same_weights(method, reference, killed):
+def test_training_killed_and_resumed_gives_the_same_weights(method, reference, killed):
     tmp_path, kills, _ = killed
     step = next(k[2] for k in kills if k[:2] == ("train", method))
     ref_dir, out_dir = reference / "results" / run(method) / "trained", tmp_path / "results" / run(method) / "trained"
     ref, out = trained_tensors(ref_dir), trained_tensors(out_dir)
     assert ref.keys() == out.keys() and ref
-    different = [name for name in ref if not ref[name].equal(out[name])]
+    different = [name for name in ref if (out[name] - ref[name]).abs().max() > ROUNDING * ref[name].abs().max()]
     assert not different, f"{method} killed at step {step}: {different[:3]} differ"
     ref_metrics, metrics = (json.loads((d / "train_metrics.json").read_text()) for d in (ref_dir, out_dir))
     assert metrics["resumed_at_steps"] and metrics["resumed_at_steps"][0] >= step  # resumed, not retrained
-    assert metrics["loss"] == ref_metrics["loss"] and metrics["tokens_seen"] == ref_metrics["tokens_seen"]
+    assert [h["loss"] for h in metrics["loss"]] == pytest.approx([h["loss"] for h in ref_metrics["loss"]],
+                                                                  rel=ROUNDING, abs=0)
+    assert metrics["tokens_seen"] == ref_metrics["tokens_seen"]
     assert not (tmp_path / "results" / run(method) / ".checkpoints").exists()  # cleared once the output is saved
 
 

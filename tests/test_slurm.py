@@ -111,7 +111,10 @@ def test_slurm_results_equal_the_local_run(runs):
         assert json.loads((slurm / run / "scores.json").read_text()) == json.loads((local / run / "scores.json").read_text())
     local_loss = json.loads((local / RUNS["lora"] / "trained" / "train_metrics.json").read_text())["loss"]
     slurm_loss = json.loads((slurm / RUNS["lora"] / "trained" / "train_metrics.json").read_text())["loss"]
-    assert slurm_loss == local_loss and len(local_loss) == 6
+    # Float32 on a CPU: the SLURM job trains with its own thread count, and sums split over another number
+    # of threads round differently, so the losses agree to float32 rounding rather than bit for bit.
+    assert [h["step"] for h in slurm_loss] == [h["step"] for h in local_loss] and len(local_loss) == 6
+    assert [h["loss"] for h in slurm_loss] == pytest.approx([h["loss"] for h in local_loss], rel=1e-5)
     assert re.search(r"^\| lora +\|", (slurm / "report.md").read_text(), re.M)
 
 

@@ -15,10 +15,12 @@ import logging
 import math
 import resource
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
@@ -124,7 +126,10 @@ def training_step(model, optimizer, scheduler, examples, trainable, max_grad_nor
     in benchmarks/ calls this same function, so what it measures is what the workflow runs."""
     device = next(p.device for p in trainable)
     input_ids, labels, position_ids = pack(examples, device)
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+    # bf16 products on GPU; a CPU computes in float32 (model.compute_dtype says why), its attention in
+    # the math kernel: the fused CPU kernel's float32 backward is not reproducible from run to run.
+    attention = nullcontext() if device.type == "cuda" else sdpa_kernel(SDPBackend.MATH)
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"), attention:
         loss = answer_loss(model, input_ids, labels, position_ids)
     if torch.isfinite(loss):  # a non-finite loss is reported by the caller, before any update
         loss.backward()

@@ -4,7 +4,8 @@ exactly the trained model for evaluation.
 Every trained method is wrapped by peft: LoRA adapters where the method asks for them, and the turn
 tokens' embedding rows (peft trainable tokens) for all, so each method learns to end its turn.
 Full-rank weights train in float32 (updates of 1e-5 vanish in bf16 rounding) and compute in bf16
-under autocast; they are saved in the model's dtype, which is what the forward pass used.
+under autocast on a GPU (in float32 on a CPU: model.compute_dtype); they are saved in the configured
+dtype, which is what the GPU's forward pass used.
 """
 from collections import namedtuple
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from peftbench.model import DTYPES, load_model
+from peftbench.model import DTYPES, compute_dtype, load_model
 
 ParamGroups = namedtuple("ParamGroups", ["lora", "full_rank", "tokens"])
 ADAPTER_DIR = "adapter"
@@ -150,14 +151,14 @@ def save_trained(model, method, settings, out_dir, dtype="bfloat16"):
 
 
 def load_for_eval(method, model_dir, trained_dir, settings, device, dtype="bfloat16"):
-    """The trained model as one plain model in `dtype`: a 4-bit base is dequantized first (so the weights
+    """The trained model as one plain model in compute_dtype(dtype, device): a 4-bit base is dequantized first (so the weights
     are the ones training saw), then the full-rank weights are loaded and the adapter merged."""
     from peft import PeftModel
 
     quantization = method.quantization(settings) if method.TRAINS else None
     model = load_model(model_dir, dtype, device, quantization_config=quantization)
     if quantization is not None:
-        model = model.dequantize(dtype=DTYPES[dtype]) or model
+        model = model.dequantize(dtype=DTYPES[compute_dtype(dtype, device)]) or model
     if trained_dir is None:
         return model.eval()
     trained_dir = Path(trained_dir)
@@ -168,4 +169,4 @@ def load_for_eval(method, model_dir, trained_dir, settings, device, dtype="bfloa
             raise ValueError(f"{trained_dir / FULL_WEIGHTS} does not fit this model: {result.unexpected_keys[:3]}")
     if (trained_dir / ADAPTER_DIR).exists():
         model = PeftModel.from_pretrained(model, trained_dir / ADAPTER_DIR).merge_and_unload()
-    return model.to(DTYPES[dtype]).eval().requires_grad_(False)
+    return model.to(DTYPES[compute_dtype(dtype, device)]).eval().requires_grad_(False)
