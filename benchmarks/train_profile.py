@@ -9,7 +9,6 @@ pass over the batches first, so compilation and first-use costs are not in the p
 """
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -35,10 +34,11 @@ def main(argv=None):
 
     config = yaml.safe_load((train_speed.ROOT / "config.yaml").read_text())
     model_dir = train_speed.make_model_dir(Path(args.work), args.tokenizer, args.tiny)
-    from peftbench.model import load_tokenizer
+    from peftbench.model import load_tokenizer, model_path
+    from transformers import AutoConfig
 
     tokenizer = load_tokenizer(model_dir)
-    vocab = len(tokenizer) if args.tiny else 262_144
+    vocab = AutoConfig.from_pretrained(model_path(model_dir)).vocab_size
     examples = train_speed.synthetic_examples(8 * args.steps, 64 if args.tiny else 1024, vocab)
     batches = [[examples[i] for i in b] for b in batch_order([len(ids) for ids, _ in examples], 8, 0, 0)]
     cuda = torch.cuda.is_available()
@@ -61,16 +61,8 @@ def main(argv=None):
         def step(batch):
             return training_step(model, optimizer, scheduler, batch, trainable, 1.0)
 
-        for batch in batches:  # untimed: compilation, allocator, first-use costs
-            step(batch)
-        if cuda:
-            torch.cuda.synchronize()
-        start, tokens = time.perf_counter(), 0
-        for batch in batches:
-            tokens += step(batch)[1]
-        if cuda:
-            torch.cuda.synchronize()
-        wall_ms = 1000 * (time.perf_counter() - start) / len(batches)
+        measured = train_speed.measure(step, batches)  # an untimed pass first: compilation, first-use costs
+        wall_ms = 1000 * measured["seconds"] / len(batches)
         with profile(activities=activities) as prof:
             for batch in batches:
                 step(batch)
@@ -78,7 +70,7 @@ def main(argv=None):
                 torch.cuda.synchronize()
         events = prof.key_averages()
         kernel_ms = sum(e.self_device_time_total for e in events) / 1000 / len(batches)
-        summary = f"{tokens * 1000 / wall_ms / len(batches):,.0f} real tokens/s; {wall_ms:.1f} ms per step of wall time"
+        summary = f"{measured['tokens_per_s']:,.0f} real tokens/s; {wall_ms:.1f} ms per step of wall time"
         if cuda:
             summary += f", {kernel_ms:.1f} ms of it in GPU kernels (the rest: the GPU waits for the CPU)"
         lines += [f"## {method}", "", summary + ".", "",

@@ -117,7 +117,7 @@ def compute_dtype(dtype, device):
     """The dtype the model is loaded and computes in: the configured one on a GPU, float32 on a CPU. CPUs
     without bf16 matrix units (AVX2-only x86, which CI and most laptops are) run bf16 products through a
     generic loop: on a 2-core EPYC, 8x slower than float32 forward and 100x slower for the backward
-    product, which made one demo training step take 200 s instead of 3."""
+    product, which made one demo training step take 200 s instead of 4.5."""
     return dtype if str(device).startswith("cuda") else "float32"
 
 

@@ -128,8 +128,9 @@ def training_step(model, optimizer, scheduler, examples, trainable, max_grad_nor
     input_ids, labels, position_ids = pack(examples, device)
     # bf16 products on GPU; a CPU computes in float32 (model.compute_dtype says why), its attention in
     # the math kernel: the fused CPU kernel's float32 backward is not reproducible from run to run.
-    attention = nullcontext() if device.type == "cuda" else sdpa_kernel(SDPBackend.MATH)
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"), attention:
+    cuda = device.type == "cuda"
+    attention = nullcontext() if cuda else sdpa_kernel(SDPBackend.MATH)
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cuda), attention:
         loss = answer_loss(model, input_ids, labels, position_ids)
     if torch.isfinite(loss):  # a non-finite loss is reported by the caller, before any update
         loss.backward()

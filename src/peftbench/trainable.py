@@ -151,14 +151,16 @@ def save_trained(model, method, settings, out_dir, dtype="bfloat16"):
 
 
 def load_for_eval(method, model_dir, trained_dir, settings, device, dtype="bfloat16"):
-    """The trained model as one plain model in compute_dtype(dtype, device): a 4-bit base is dequantized first (so the weights
-    are the ones training saw), then the full-rank weights are loaded and the adapter merged."""
+    """The trained model as one plain model in compute_dtype(dtype, device): a 4-bit base is dequantized
+    first (so the weights are the ones training saw), then the full-rank weights are loaded and the adapter
+    merged."""
     from peft import PeftModel
 
+    runtime_dtype = DTYPES[compute_dtype(dtype, device)]
     quantization = method.quantization(settings) if method.TRAINS else None
     model = load_model(model_dir, dtype, device, quantization_config=quantization)
     if quantization is not None:
-        model = model.dequantize(dtype=DTYPES[compute_dtype(dtype, device)]) or model
+        model = model.dequantize(dtype=runtime_dtype) or model
     if trained_dir is None:
         return model.eval()
     trained_dir = Path(trained_dir)
@@ -169,4 +171,4 @@ def load_for_eval(method, model_dir, trained_dir, settings, device, dtype="bfloa
             raise ValueError(f"{trained_dir / FULL_WEIGHTS} does not fit this model: {result.unexpected_keys[:3]}")
     if (trained_dir / ADAPTER_DIR).exists():
         model = PeftModel.from_pretrained(model, trained_dir / ADAPTER_DIR).merge_and_unload()
-    return model.to(DTYPES[compute_dtype(dtype, device)]).eval().requires_grad_(False)
+    return model.to(runtime_dtype).eval().requires_grad_(False)
