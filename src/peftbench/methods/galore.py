@@ -4,6 +4,8 @@ Only the decoder's linear projections are GaLore-trained; embeddings, norms and 
 (GaLore saves memory only on matrices, and the 262k-row embedding would dominate the optimizer state),
 except the turn tokens' embedding rows, which every method trains, in a plain AdamW group.
 """
+import math
+
 NAME = "galore"
 SUMMARY = "full-rank projections, gradients projected to low rank (GaLoreAdamW)"
 MEMORY = ("every projection trains full-rank: fp32 master weights and gradients for all of them; GaLore "
@@ -35,27 +37,96 @@ def galore_group(params, rank, update_proj_gap, scale, lr, weight_decay):
     }
 
 
-def tf32_galore_adamw(param_groups):
-    """galore-torch's GaLoreAdamW, its steps run with TF32 matrix products: it projects every gradient to
-    low rank and back in fp32, which on a GPU is slow without tensor cores; TF32's 10-bit mantissa is far
-    finer than the rank-r approximation itself. Restored afterwards, so nothing else changes precision."""
+def galore_adamw(param_groups):
+    """galore-torch's GaLoreAdamW, with the same state (projectors, moments, steps: checkpoint.py saves
+    it) and the same arithmetic, but a step that costs a few hundred GPU launches instead of thousands.
+
+    galore-torch steps one matrix at a time, a dozen small operations each: at the 1B shape that is
+    about 2,500 launches and 48 ms of CPU time a step, during which the GPU mostly waits
+    (benchmarks/train_profile.md).
+    Here the Adam moments of each group update in a handful of multi-tensor (foreach) calls, and each
+    matrix gets two products: its gradient projected down, and the update projected back and added to
+    the weight in one fused product (addmm), so no full-size update is ever materialized.
+
+    The products run in TF32: GaLore projects in fp32, which without tensor cores is slow, and TF32's
+    10-bit mantissa is far finer than the rank-r approximation itself. TF32 is restored afterwards, so
+    nothing else changes precision. tests/test_galore_step.py checks the result against GaLoreAdamW."""
     import torch
     from galore_torch import GaLoreAdamW
+    from galore_torch.galore_projector import GaLoreProjector
 
-    class TF32GaLoreAdamW(GaLoreAdamW):
+    class FastGaLoreAdamW(GaLoreAdamW):
+        @torch.no_grad()
         def step(self, closure=None):
+            loss = closure() if closure is not None else None
             previous = torch.backends.cuda.matmul.allow_tf32
             torch.backends.cuda.matmul.allow_tf32 = True
             try:
-                return super().step(closure)
+                for group in self.param_groups:
+                    self._group_step(group)
             finally:
                 torch.backends.cuda.matmul.allow_tf32 = previous
+            return loss
 
-    return TF32GaLoreAdamW(param_groups)
+        def _group_step(self, group):
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                return
+            projected = "rank" in group
+            grads, states = [], []
+            for p in params:
+                state = self.state[p]
+                state.setdefault("step", 0)
+                grad = p.grad
+                if projected:
+                    if "projector" not in state:
+                        state["projector"] = GaLoreProjector(group["rank"], update_proj_gap=group["update_proj_gap"],
+                                                             scale=group["scale"], proj_type=group["proj_type"])
+                    if state["projector"].proj_type != "std":
+                        raise ValueError("only GaLore's proj_type 'std' is supported")
+                    grad = state["projector"].project(grad, state["step"])  # refreshes the SVD when due
+                if "exp_avg" not in state:
+                    state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(grad), torch.zeros_like(grad)
+                state["step"] += 1
+                grads.append(grad)
+                states.append(state)
+
+            # Adam's moments, as GaLoreAdamW computes them, for the whole group at once.
+            beta1, beta2 = group["betas"]
+            exp_avgs, exp_avg_sqs = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
+            torch._foreach_mul_(exp_avgs, beta1)
+            torch._foreach_add_(exp_avgs, grads, alpha=1.0 - beta1)
+            torch._foreach_mul_(exp_avg_sqs, beta2)
+            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+            denoms = torch._foreach_sqrt(exp_avg_sqs)
+            torch._foreach_add_(denoms, group["eps"])
+            updates = torch._foreach_div(exp_avgs, denoms)
+            step_sizes = []
+            for state in states:
+                step_size = group["lr"]
+                if group["correct_bias"]:
+                    step_size *= math.sqrt(1.0 - beta2 ** state["step"]) / (1.0 - beta1 ** state["step"])
+                step_sizes.append(step_size)
+
+            if projected:  # back to full rank, scaled, straight into the weight: p += -step * scale * (U @ P)
+                for p, update, state, step_size in zip(params, updates, states, step_sizes):
+                    projector = state["projector"]
+                    alpha = -step_size * projector.scale
+                    if update.shape[0] >= update.shape[1]:
+                        p.addmm_(update, projector.ortho_matrix, alpha=alpha)
+                    else:
+                        p.addmm_(projector.ortho_matrix, update, alpha=alpha)
+            else:
+                torch._foreach_mul_(updates, [-s for s in step_sizes])
+                torch._foreach_add_(params, updates)
+            if group["weight_decay"] > 0.0:
+                torch._foreach_add_(params, params, alpha=-group["lr"] * group["weight_decay"])
+
+    return FastGaLoreAdamW(param_groups, no_deprecation_warning=True)
 
 
 def optimizer(groups, settings, training):
-    return tf32_galore_adamw(
+    return galore_adamw(
         [
             galore_group(groups.full_rank, settings["rank"], settings["update_proj_gap"], settings["scale"],
                          settings["lr"], training["weight_decay"]),

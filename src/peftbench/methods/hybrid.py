@@ -29,7 +29,7 @@ def full_rank_targets(settings):
 
 
 def optimizer(groups, settings, training):
-    return galore.tf32_galore_adamw(
+    return galore.galore_adamw(
         [
             galore.galore_group(groups.full_rank, settings["rank"], settings["update_proj_gap"],
                                 settings["scale"], settings["galore_lr"], training["weight_decay"]),
