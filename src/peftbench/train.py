@@ -108,9 +108,11 @@ def answer_loss(model, input_ids, labels, position_ids=None, attention_mask=None
     rows = TokenRows(lm)
     hidden = lm.model(inputs_embeds=rows.embed(input_ids), position_ids=position_ids, attention_mask=attention_mask,
                       use_cache=False).last_hidden_state  # a cache would turn off the per-example masks
-    targets = labels[:, 1:]
-    predicting = targets != IGNORE_INDEX
-    hidden, targets = hidden[:, :-1][predicting], targets[predicting]
+    # The positions that predict an answer token, by index: a boolean mask's backward is an index_put
+    # that sorts, an index_select's backward a plain index_add.
+    targets = labels[:, 1:].flatten()
+    predicting = (targets != IGNORE_INDEX).nonzero().squeeze(1)
+    hidden, targets = hidden[:, :-1].flatten(0, 1).index_select(0, predicting), targets[predicting]
     cross_entropy = compiled_cross_entropy if hidden.is_cuda and is_compiled(lm) else summed_cross_entropy
     if len(targets) <= chunk:
         return cross_entropy(rows.logits, hidden, targets) / len(targets)

@@ -120,7 +120,9 @@ class TokenRows:
             return self.lm.model.embed_tokens(input_ids)
         embeds = torch.nn.functional.embedding(input_ids, self.weight)
         is_trained = input_ids[..., None] == self.index
-        trained = self.delta[is_trained.int().argmax(-1)].to(embeds.dtype)
+        # A one-hot product picks each position's trained row exactly; its backward is a small matmul,
+        # where a gather's is an index_put that sorts thousands of indices into two rows.
+        trained = (is_trained.to(self.delta.dtype) @ self.delta).to(embeds.dtype)
         embeds = torch.where(is_trained.any(-1, keepdim=True), trained, embeds)
         scale = self.layer._get_embed_scale()
         return embeds if scale is None else embeds * scale.to(embeds.dtype)
