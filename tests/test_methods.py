@@ -4,7 +4,7 @@ import torch
 
 from peftbench.chat import encode_chat
 from peftbench.methods import METHODS
-from peftbench.train import answer_loss, collate, pack
+from peftbench.train import answer_loss, collate, pack, training_step
 from peftbench.trainable import build_trainable, causal_lm, load_for_eval, save_trained
 
 ATTENTION = {"q_proj", "k_proj", "v_proj", "o_proj"}
@@ -126,6 +126,28 @@ def test_one_step_changes_only_the_trained_parameters(method, model_dir, tokeniz
     assert kinds == expected | {(None, "tokens")}
     # Embedding, norms and (4-bit) base weights are untouched.
     assert not any("norm" in n or n.endswith("embed_tokens.weight") or "base_layer" in n for n in changed)
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora", "galore", "hybrid"])
+def test_gradient_checkpointing_trains_the_same_weights(method, model_dir, tokenizer):
+    """training.gradient_checkpointing (the memory knob the out-of-memory error names) recomputes each
+    layer's forward in backward: two training steps end with the weights of a run without it."""
+    examples = [encode_chat(tokenizer, c) for c in CONVERSATIONS]
+    trained = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        training = dict(TRAINING, gradient_checkpointing=checkpointing)
+        model, groups = build_trainable(METHODS[method], model_dir, SETTINGS[method], training, tokenizer, "cpu")
+        model.train()
+        optimizer = METHODS[method].optimizer(groups, SETTINGS[method], training)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        trainable = [p for group in groups for p in group]
+        losses = [training_step(model, optimizer, scheduler, examples, trainable, 1.0)[0] for _ in range(2)]
+        trained.append((losses, [p.detach().clone() for p in trainable]))
+    (losses, weights), (checkpointed_losses, checkpointed_weights) = trained
+    torch.testing.assert_close(checkpointed_losses, losses, rtol=1e-5, atol=1e-6)
+    for a, b in zip(checkpointed_weights, weights):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["lora", "qlora", "galore", "hybrid"])

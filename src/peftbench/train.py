@@ -131,14 +131,16 @@ def training_step(model, optimizer, scheduler, examples, trainable, max_grad_nor
     # bf16 products on GPU; a CPU computes in float32 (model.compute_dtype says why), its attention in
     # the math kernel: the fused CPU kernel's float32 backward is not reproducible from run to run.
     cuda = device.type == "cuda"
-    attention = nullcontext() if cuda else sdpa_kernel(SDPBackend.MATH)
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cuda), attention:
-        loss = answer_loss(model, input_ids, labels, position_ids)
-    if torch.isfinite(loss):  # a non-finite loss is reported by the caller, before any update
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
-        optimizer.step()
-        scheduler.step()
+    # The backward too runs under the CPU's attention kernel: with gradient checkpointing, the layers
+    # recompute their forward there, and another kernel would save other tensors than the forward did.
+    with nullcontext() if cuda else sdpa_kernel(SDPBackend.MATH):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cuda):
+            loss = answer_loss(model, input_ids, labels, position_ids)
+        if torch.isfinite(loss):  # a non-finite loss is reported by the caller, before any update
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+            optimizer.step()
+            scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return loss.detach(), sum(len(ids) for ids, _ in examples)
 
