@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 import train_speed
@@ -69,19 +70,25 @@ def main(argv=None):
             if cuda:
                 torch.cuda.synchronize()
         events = prof.key_averages()
-        kernel_ms = sum(e.self_device_time_total for e in events) / 1000 / len(batches)
+        # GPU kernels only, as the table's footer sums them: an operator's row repeats its kernels' time,
+        # and a user annotation (the optimizer step) spans kernels that are counted already.
+        kernel_ms = sum(e.self_device_time_total for e in events
+                        if e.device_type == DeviceType.CUDA and not e.is_user_annotation) / 1000 / len(batches)
         summary = f"{measured['tokens_per_s']:,.0f} real tokens/s; {wall_ms:.1f} ms per step of wall time"
         if cuda:
             summary += f", {kernel_ms:.1f} ms of it in GPU kernels (the rest: the GPU waits for the CPU)"
         lines += [f"## {method}", "", summary + ".", "",
                   "```", events.table(sort_by=sort_key, row_limit=args.rows, max_name_column_width=60), "```", ""]
-        print("\n".join(lines[-7:-4]), flush=True)
+        if cuda:  # where the CPU's time goes: what keeps the GPU waiting
+            lines += ["CPU time, inclusive:", "", "```",
+                      events.table(sort_by="cpu_time_total", row_limit=args.rows, max_name_column_width=60), "```", ""]
+        print(summary, f"peak {torch.cuda.max_memory_allocated() / 1e9:.1f} GB" if cuda else "", flush=True)
         del model, optimizer, scheduler, trainable, groups, step
         torch._dynamo.reset()
         train_speed.free_memory()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train_profile.md").write_text("\n".join(lines))
+        out = Path(args.out)  # written after every method: a run cut short keeps what it measured
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_profile.md").write_text("\n".join(lines))
 
 
 if __name__ == "__main__":
