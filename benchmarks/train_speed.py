@@ -241,7 +241,10 @@ def main(argv=None):
         results[method]["study_hours"] = {k: study_tokens / results[method][k]["tokens_per_s"] / 3600
                                           for k in ["plain", *paths]}
         print(method, json.dumps(results[method]), flush=True)
+        write_report(args, argv, gpu, mean_length, flops_per_token, results)  # after each method: a cut run keeps it
 
+
+def write_report(args, argv, gpu, mean_length, flops_per_token, results):
     command = "python benchmarks/train_speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
     report = {
         "gpu": gpu,
@@ -266,10 +269,13 @@ def main(argv=None):
             lines.append(f"| {method} | {path} | {m['tokens_per_s']:,.0f} | {m.get('peak_alloc_gb', float('nan')):.1f} | "
                          f"{m.get('peak_reserved_gb', float('nan')):.1f} | {mfu} | {r['study_hours'][path]:.2f} |")
     lines += ["", "Study time: 15,000 examples x 2 epochs at the measured tokens/s "
-              f"(mean {mean_length:.0f} tokens per example)."]
+              f"(mean {mean_length:.0f} tokens per example).", "",
+              "| method | speed-up (target >= 3x) | peak memory ratio (target <= 0.33) |", "|---|---|---|"]
+    for method, r in results.items():
+        ratio = r.get("memory_ratio")
+        lines.append(f"| {method} | {r['speedup']:.2f}x | {'' if ratio is None else f'{ratio:.2f}'} |")
     (out / "train.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
+    print("\n".join(lines), flush=True)
 
 if __name__ == "__main__":
     main()
