@@ -1,0 +1,162 @@
+"""Training variants at the gemma-3-1b-it shape, one process each: tokens/s, and where the peak memory sits.
+
+A variant is a method plus knobs, e.g. `galore`, `galore:loss_chunk=256`, `lora:cpp_wrapper=1`:
+  loss_chunk=N               answer positions per output-layer chunk (peftbench.train.LOSS_CHUNK)
+  cpp_wrapper=1              Inductor's C++ wrapper for compiled code (fewer CPU cycles per kernel launch)
+  gradient_checkpointing=1   training.gradient_checkpointing
+Each variant runs in its own Python process, so a compiler crash loses only that variant. Only peftbench's
+path is measured (train_speed.py measures it against the plain recipe), on train_speed.py's synthetic
+batches: one untimed pass, one timed pass. Then, on the longest batch, the memory of each phase of a step
+(as peftbench.train.training_step runs it): allocated after the forward and loss, the peak of the forward,
+of the backward, allocated after the backward (the gradients), and the peak of the optimizer step.
+
+  python benchmarks/train_variants.py --tokenizer DIR galore galore:loss_chunk=256 lora:cpp_wrapper=1
+  python benchmarks/train_variants.py --tiny --steps 2 --out /tmp/v lora galore:loss_chunk=16   # CPU smoke
+"""
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+import train_speed
+from peftbench import train as train_module
+from peftbench.methods import METHODS
+from peftbench.train import answer_loss, batch_order, pack, training_step
+from peftbench.trainable import build_trainable
+
+KNOBS = {"loss_chunk": int, "cpp_wrapper": bool, "gradient_checkpointing": bool}
+
+
+def parse_variant(text):
+    method, *knobs = text.split(":")
+    if method not in METHODS or not METHODS[method].TRAINS:
+        raise SystemExit(f"unknown method in variant {text!r}")
+    values = {}
+    for knob in ",".join(knobs).split(",") if knobs else []:
+        name, _, value = knob.partition("=")
+        if name not in KNOBS:
+            raise SystemExit(f"unknown knob {name!r} in {text!r}: use one of {sorted(KNOBS)}")
+        values[name] = int(value) if KNOBS[name] is int else value in ("1", "true")
+    return method, values
+
+
+def gb(value):
+    return value / 1e9
+
+
+def phase_memory(model, optimizer, scheduler, batch, trainable):
+    """One training step split where training_step's phases end, with CUDA memory after each."""
+    device = trainable[0].device
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    phases = {"before_step_gb": gb(torch.cuda.memory_allocated())}
+    with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+        loss = answer_loss(model, *pack(batch, device))
+    phases.update(after_forward_gb=gb(torch.cuda.memory_allocated()), forward_peak_gb=gb(torch.cuda.max_memory_allocated()))
+    torch.cuda.reset_peak_memory_stats()
+    loss.backward()
+    phases.update(after_backward_gb=gb(torch.cuda.memory_allocated()),
+                  backward_peak_gb=gb(torch.cuda.max_memory_allocated()))
+    torch.cuda.reset_peak_memory_stats()
+    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    phases["optimizer_peak_gb"] = gb(torch.cuda.max_memory_allocated())
+    phases["tokens"] = sum(len(ids) for ids, _ in batch)
+    return phases
+
+
+def run_one(args, text):
+    method, knobs = parse_variant(text)
+    config = yaml.safe_load((train_speed.ROOT / "config.yaml").read_text())
+    if "loss_chunk" in knobs:
+        train_module.LOSS_CHUNK = knobs["loss_chunk"]
+    if knobs.get("cpp_wrapper"):
+        import torch._inductor.config as inductor_config
+
+        inductor_config.cpp_wrapper = True
+    training = dict(config["training"])
+    if "gradient_checkpointing" in knobs:
+        training["gradient_checkpointing"] = knobs["gradient_checkpointing"]
+    settings = dict(config["method_settings"][method])
+    if args.tiny and "rank" in settings:
+        settings["rank"] = 8
+
+    model_dir = Path(args.work) / "model"
+    from transformers import AutoConfig
+
+    from peftbench.model import load_tokenizer, model_path
+
+    tokenizer = load_tokenizer(model_dir)
+    vocab = AutoConfig.from_pretrained(model_path(model_dir)).vocab_size
+    n_examples = args.batch_size * args.steps
+    examples = train_speed.synthetic_examples(n_examples, 64 if args.tiny else 1024, vocab)
+    batches = [[examples[i] for i in b]
+               for b in batch_order([len(ids) for ids, _ in examples], args.batch_size, 0, 0)]
+    cuda = torch.cuda.is_available()
+    start = time.perf_counter()
+    model, groups = build_trainable(METHODS[method], model_dir, settings, training, tokenizer,
+                                    "cuda" if cuda else "cpu")
+    model.train()
+    optimizer = METHODS[method].optimizer(groups, settings, training)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    trainable = [p for group in groups for p in group]
+    result = {"variant": text, "method": method, **knobs,
+              "static_gb": gb(torch.cuda.memory_allocated()) if cuda else None}
+    result.update(train_speed.measure(lambda b: training_step(model, optimizer, scheduler, b, trainable, 1.0), batches))
+    result["warmup_and_timing_s"] = time.perf_counter() - start  # compilation included
+    if cuda:
+        longest = max(batches, key=lambda b: sum(len(ids) for ids, _ in b))
+        result["phases_longest_batch"] = phase_memory(model, optimizer, scheduler, longest, trainable)
+    return result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("variants", nargs="+", help="method[:knob=value,...]")
+    parser.add_argument("--tokenizer", help="folder with a Gemma 3 tokenizer")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--timeout", type=int, default=300, help="seconds per variant")
+    parser.add_argument("--work", default="/tmp/peftbench-variants")
+    parser.add_argument("--out", default=str(Path(__file__).parent))
+    parser.add_argument("--tiny", action="store_true", help="toy model on CPU (smoke test)")
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a child process: one variant
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    if args.one:
+        print(json.dumps(run_one(args, args.variants[0])), flush=True)
+        return
+
+    for variant in args.variants:
+        parse_variant(variant)  # fail before any work on a typo
+    if not (Path(args.work) / "model" / "model.json").exists():
+        train_speed.make_model_dir(Path(args.work), args.tokenizer, args.tiny)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "python benchmarks/train_variants.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    results = []
+    for variant in args.variants:
+        child = [sys.executable, __file__, "--one", variant, "--work", args.work, "--batch-size", str(args.batch_size),
+                 "--steps", str(args.steps)] + (["--tiny"] if args.tiny else [])
+        try:
+            done = subprocess.run(child, capture_output=True, text=True, timeout=args.timeout)
+            lines = done.stdout.strip().splitlines()
+            result = json.loads(lines[-1]) if done.returncode == 0 and lines else {
+                "variant": variant, "error": f"exit {done.returncode}: {done.stderr.strip().splitlines()[-1:]}"}
+        except subprocess.TimeoutExpired:
+            result = {"variant": variant, "error": f"timed out after {args.timeout} s"}
+        print(json.dumps(result), flush=True)
+        results.append(result)
+        (out / "train_variants.json").write_text(json.dumps({"command": command, "gpu": torch.cuda.get_device_name()
+                                                             if torch.cuda.is_available() else "cpu",
+                                                             "variants": results}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
