@@ -97,11 +97,12 @@ def is_compiled(lm):
     return getattr(lm.model.layers[0], "_compiled_call_impl", None) is not None
 
 
-def answer_loss(model, input_ids, labels, position_ids=None, attention_mask=None, chunk=LOSS_CHUNK):
+def answer_loss(model, input_ids, labels, position_ids=None, attention_mask=None, chunk=None):
     """Mean next-token cross-entropy over the answer tokens. Only the positions that predict an answer
     token go through lm_head, so the full (tokens x vocabulary) logits never exist; past `chunk` positions
-    the output layer runs chunk by chunk and is recomputed in backward (checkpointing), so at most one
-    chunk of logits lives at a time."""
+    (default LOSS_CHUNK, read at call time) the output layer runs chunk by chunk and is recomputed in
+    backward (checkpointing), so at most one chunk of logits lives at a time."""
+    chunk = chunk or LOSS_CHUNK
     lm = causal_lm(model)
     if getattr(lm.config, "final_logit_softcapping", None):
         raise NotImplementedError("models with final logit softcapping are not supported")
