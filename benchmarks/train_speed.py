@@ -277,5 +277,6 @@ def write_report(args, argv, gpu, mean_length, flops_per_token, results):
     (out / "train.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
 
+
 if __name__ == "__main__":
     main()

@@ -130,10 +130,9 @@ def training_step(model, optimizer, scheduler, examples, trainable, max_grad_nor
     device = next(p.device for p in trainable)
     input_ids, labels, position_ids = pack(examples, device)
     # bf16 products on GPU; a CPU computes in float32 (model.compute_dtype says why), its attention in
-    # the math kernel: the fused CPU kernel's float32 backward is not reproducible from run to run.
+    # the math kernel: the fused CPU kernel's float32 backward is not reproducible from run to run. The
+    # backward runs under it too: with gradient checkpointing the layers recompute their forward there.
     cuda = device.type == "cuda"
-    # The backward too runs under the CPU's attention kernel: with gradient checkpointing, the layers
-    # recompute their forward there, and another kernel would save other tensors than the forward did.
     with nullcontext() if cuda else sdpa_kernel(SDPBackend.MATH):
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cuda):
             loss = answer_loss(model, input_ids, labels, position_ids)

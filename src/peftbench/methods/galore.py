@@ -73,6 +73,8 @@ def galore_adamw(param_groups):
             if not params:
                 return
             projected = "rank" in group
+            if projected and group["proj_type"] != "std":
+                raise ValueError("only GaLore's proj_type 'std' is supported")
             grads, states = [], []
             for p in params:
                 state = self.state[p]
@@ -82,8 +84,6 @@ def galore_adamw(param_groups):
                     if "projector" not in state:
                         state["projector"] = GaLoreProjector(group["rank"], update_proj_gap=group["update_proj_gap"],
                                                              scale=group["scale"], proj_type=group["proj_type"])
-                    if state["projector"].proj_type != "std":
-                        raise ValueError("only GaLore's proj_type 'std' is supported")
                     grad = state["projector"].project(grad, state["step"])  # refreshes the SVD when due
                 if "exp_avg" not in state:
                     state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(grad), torch.zeros_like(grad)
