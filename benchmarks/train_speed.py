@@ -129,25 +129,29 @@ def plain_step(model, optimizer, examples, pad_id, trainable):
 
 # ----------------------------------------------------------------------------- measuring
 
-def measure(step, batches):
-    """One untimed pass over all batches (first-use costs of every shape: kernels, allocator), then a
-    timed pass over the same batches; returns tokens/s, and the peak memory over both passes."""
+def measure(step, batches, passes=3):
+    """One untimed pass over all batches (first-use costs of every shape: kernels, allocator), then
+    `passes` timed passes over the same batches; returns the median pass's tokens/s (a pass takes one to
+    seven seconds, so one alone is at the mercy of the host), every pass's, and the peak memory."""
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     for batch in batches:
         step(batch)
-    if cuda:
-        torch.cuda.synchronize()
-    tokens, losses, start = 0, [], time.perf_counter()
-    for batch in batches:
-        loss, real = step(batch)
-        tokens += real
-        losses.append(loss)
-    if cuda:
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    result = {"tokens_per_s": tokens / seconds, "seconds": seconds, "tokens": tokens,
+    rates = []
+    for _ in range(passes):
+        if cuda:
+            torch.cuda.synchronize()
+        tokens, losses, start = 0, [], time.perf_counter()
+        for batch in batches:
+            loss, real = step(batch)
+            tokens += real
+            losses.append(loss)
+        if cuda:
+            torch.cuda.synchronize()
+        rates.append(tokens / (time.perf_counter() - start))
+    median = sorted(rates)[len(rates) // 2]
+    result = {"tokens_per_s": median, "tokens_per_s_passes": rates, "tokens": tokens,
               "final_loss": float(losses[-1])}
     if cuda:
         result.update(peak_alloc_gb=torch.cuda.max_memory_allocated() / 1e9,
@@ -174,7 +178,8 @@ def main(argv=None):
     parser.add_argument("--tokenizer", help="folder with a Gemma 3 tokenizer (the same for 270M and 1B)")
     parser.add_argument("--methods", nargs="+", default=["lora", "qlora", "galore", "hybrid"])
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=10, help="optimizer steps per pass (one warmup, one timed)")
+    parser.add_argument("--steps", type=int, default=10, help="optimizer steps per pass")
+    parser.add_argument("--passes", type=int, default=3, help="timed passes after the warmup pass (median kept)")
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--work", default="/tmp/peftbench-bench")
     parser.add_argument("--out", default=str(Path(__file__).parent))
@@ -211,7 +216,7 @@ def main(argv=None):
         results[method] = {}
         model, optimizer, trainable = plain_model(method, model_dir, settings)
         results[method]["plain"] = measure(
-            lambda b: plain_step(model, optimizer, b, tokenizer.pad_token_id, trainable), batches)
+            lambda b: plain_step(model, optimizer, b, tokenizer.pad_token_id, trainable), batches, args.passes)
         del model, optimizer, trainable
         free_memory()
 
@@ -226,7 +231,7 @@ def main(argv=None):
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
             trainable = [p for group in groups for p in group]
             results[method][path] = measure(
-                lambda b: training_step(model, optimizer, scheduler, b, trainable, 1.0), grouped)
+                lambda b: training_step(model, optimizer, scheduler, b, trainable, 1.0), grouped, args.passes)
             del model, optimizer, scheduler, trainable, groups
             torch._dynamo.reset()
             free_memory()
@@ -244,13 +249,24 @@ def main(argv=None):
         write_report(args, argv, gpu, mean_length, flops_per_token, results)  # after each method: a cut run keeps it
 
 
+def host_cpu():
+    """The host's CPU model: peftbench's step waits on kernel launches, so its speed follows the CPU's."""
+    try:
+        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
+
+
 def write_report(args, argv, gpu, mean_length, flops_per_token, results):
     command = "python benchmarks/train_speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
     report = {
         "gpu": gpu,
         "command": command,
         "shape": "gemma-3-1b-it (random weights)" if not args.tiny else "tiny",
-        "batch_size": args.batch_size, "timed_steps": args.steps, "warmup": "one untimed pass over the same batches",
+        "batch_size": args.batch_size, "timed_steps": args.steps, "timed_passes": args.passes,
+        "warmup": "one untimed pass over the same batches", "tokens_per_s": "the median timed pass",
+        "cpu": host_cpu(),
         "mean_tokens_per_example": mean_length, "model_flops_per_token": flops_per_token,
         "versions": {name: version(name) for name in ("torch", "transformers", "peft", "bitsandbytes", "galore-torch")},
         "python": platform.python_version(),
