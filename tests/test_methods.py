@@ -128,15 +128,19 @@ def test_one_step_changes_only_the_trained_parameters(method, model_dir, tokeniz
     assert not any("norm" in n or n.endswith("embed_tokens.weight") or "base_layer" in n for n in changed)
 
 
+RECOMPUTE = {"full": {"gradient_checkpointing": True}, "elementwise": {"recompute_elementwise": ["lora", "qlora", "galore", "hybrid"]}}
+
+
+@pytest.mark.parametrize("recompute", ["full", "elementwise"])
 @pytest.mark.parametrize("method", ["lora", "qlora", "galore", "hybrid"])
-def test_gradient_checkpointing_trains_the_same_weights(method, model_dir, tokenizer):
-    """training.gradient_checkpointing (the memory knob the out-of-memory error names) recomputes each
-    layer's forward in backward: two training steps end with the weights of a run without it."""
+def test_recomputation_trains_the_same_weights(method, recompute, model_dir, tokenizer):
+    """The memory knobs recompute in backward what the forward did not keep: each layer's whole forward
+    (training.gradient_checkpointing, the knob the out-of-memory error names) or only its elementwise
+    work (training.recompute_elementwise). Two training steps end with the weights of a run without."""
     examples = [encode_chat(tokenizer, c) for c in CONVERSATIONS]
     trained = []
-    for checkpointing in (False, True):
+    for training in (TRAINING, dict(TRAINING, **RECOMPUTE[recompute])):
         torch.manual_seed(0)
-        training = dict(TRAINING, gradient_checkpointing=checkpointing)
         model, groups = build_trainable(METHODS[method], model_dir, SETTINGS[method], training, tokenizer, "cpu")
         model.train()
         optimizer = METHODS[method].optimizer(groups, SETTINGS[method], training)
@@ -144,10 +148,46 @@ def test_gradient_checkpointing_trains_the_same_weights(method, model_dir, token
         trainable = [p for group in groups for p in group]
         losses = [training_step(model, optimizer, scheduler, examples, trainable, 1.0)[0] for _ in range(2)]
         trained.append((losses, [p.detach().clone() for p in trainable]))
-    (losses, weights), (checkpointed_losses, checkpointed_weights) = trained
-    torch.testing.assert_close(checkpointed_losses, losses, rtol=1e-5, atol=1e-6)
-    for a, b in zip(checkpointed_weights, weights):
+    (losses, weights), (recomputed_losses, recomputed_weights) = trained
+    torch.testing.assert_close(recomputed_losses, losses, rtol=1e-5, atol=1e-6)
+    for a, b in zip(recomputed_weights, weights):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def backward_ops(model_dir, tokenizer, **training):
+    """How many times each aten operator ran in one GaLore backward pass."""
+    from collections import Counter
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    counts = Counter()
+
+    class CountOps(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            counts[func.overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    model, _ = build_trainable(METHODS["galore"], model_dir, SETTINGS["galore"], dict(TRAINING, **training),
+                               tokenizer, "cpu")
+    model.train()
+    with sdpa_kernel(SDPBackend.MATH):  # as training_step runs on a CPU
+        loss = answer_loss(model, *pack([encode_chat(tokenizer, c) for c in CONVERSATIONS], "cpu"))
+        with CountOps():
+            loss.backward()
+    return counts
+
+
+def test_recompute_elementwise_keeps_the_products_and_redoes_the_rest(model_dir, tokenizer):
+    """Selective recomputation: backward runs no more matrix products than without it (their outputs were
+    kept), unlike full checkpointing, but redoes elementwise work (norms, rotary, gelu) it did not keep."""
+    default = backward_ops(model_dir, tokenizer)
+    elementwise = backward_ops(model_dir, tokenizer, recompute_elementwise=["galore"])
+    full = backward_ops(model_dir, tokenizer, gradient_checkpointing=True)
+    assert elementwise["mm"] == default["mm"] < full["mm"]
+    assert elementwise["mul"] > default["mul"]
+    assert elementwise["rsqrt"] > default["rsqrt"] == 0
 
 
 @pytest.mark.parametrize("method", ["lora", "qlora", "galore", "hybrid"])

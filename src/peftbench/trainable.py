@@ -7,6 +7,7 @@ Full-rank weights train in float32 (updates of 1e-5 vanish in bf16 rounding) and
 under autocast on a GPU (in float32 on a CPU: model.compute_dtype); they are saved in the configured
 dtype, which is what the GPU's forward pass used.
 """
+import functools
 from collections import namedtuple
 from pathlib import Path
 
@@ -68,6 +69,9 @@ def build_trainable(method, model_dir, settings, training, tokenizer, device, dt
     model.requires_grad_(False)
     if training["gradient_checkpointing"]:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif method.NAME in training.get("recompute_elementwise", []):
+        for layer in causal_lm(model).model.layers:
+            recompute_elementwise(layer)
     full_rank = _full_rank_parameters(model, method.full_rank_targets(settings))
     peft_config = _peft_config(method, settings, token_ids(tokenizer, training["trainable_tokens"]))
     if peft_config is not None:
@@ -93,6 +97,41 @@ def build_trainable(method, model_dir, settings, training, tokenizer, device, dt
     )
     assert sum(map(len, groups)) == len(trained), "a trainable parameter belongs to no optimizer group"
     return model, groups
+
+
+@functools.cache
+def _products():
+    aten = torch.ops.aten
+    products = {aten.mm.default, aten.addmm.default, aten.bmm.default,
+                aten._scaled_dot_product_efficient_attention.default, aten._scaled_dot_product_flash_attention.default,
+                aten._scaled_dot_product_cudnn_attention.default,
+                aten._scaled_dot_product_flash_attention_for_cpu.default}
+    from torch._higher_order_ops import flex_attention
+
+    return products | {flex_attention}
+
+
+def _keep_products(ctx, op, *args, **kwargs):
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    return CheckpointPolicy.MUST_SAVE if op in _products() else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def recompute_elementwise(layer):
+    """Selective activation checkpointing of one decoder layer: backward gets the outputs of its matrix
+    products and attention as saved, and recomputes the elementwise work between them (norms, rotary
+    embedding, gelu(gate) * up, bf16 copies of fp32 weights), which is cheap to redo but as large to
+    store. Pays where the layer has no adapters (GaLore: the saved bf16 weight copies alone are 1.4 GB
+    at the 1B shape); with LoRA, each adapter's output is kept beside the base product, so it saves
+    nothing there. Compiles (the partitioner honours the policy) and runs eagerly alike."""
+    from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
+
+    forward, contexts = layer.forward, functools.partial(create_selective_checkpoint_contexts, _keep_products)
+
+    def forward_keeping_products(*args, **kwargs):
+        return checkpoint(forward, *args, use_reentrant=False, context_fn=contexts, **kwargs)
+
+    layer.forward = forward_keeping_products
 
 
 class TokenRows:
