@@ -4,11 +4,15 @@ A variant is a method plus knobs, e.g. `galore`, `galore:loss_chunk=256`, `lora:
   loss_chunk=N               answer positions per output-layer chunk (peftbench.train.LOSS_CHUNK)
   cpp_wrapper=1              Inductor's C++ wrapper for compiled code (fewer CPU cycles per kernel launch)
   gradient_checkpointing=1   training.gradient_checkpointing
+  recompute=1                training.recompute_elementwise for the method (selective recomputation)
+  act_budget=F               torch._functorch.config.activation_memory_budget (1.0: Inductor's default)
+  combo_kernels=1            Inductor's combo kernels (independent small kernels launched as one)
 Each variant runs in its own Python process, so a compiler crash loses only that variant. Only peftbench's
 path is measured (train_speed.py measures it against the plain recipe), on train_speed.py's synthetic
-batches: one untimed pass, one timed pass. Then, on the longest batch, the memory of each phase of a step
-(as peftbench.train.training_step runs it): allocated after the forward and loss, the peak of the forward,
-of the backward, allocated after the backward (the gradients), and the peak of the optimizer step.
+batches: one untimed pass, three timed passes (the median kept). Then, on the longest batch, the memory
+of each phase of a step (as peftbench.train.training_step runs it): allocated after the forward and
+loss, the peak of the forward, of the backward, allocated after the backward (the gradients), and the
+peak of the optimizer step.
 
   python benchmarks/train_variants.py --tokenizer DIR galore galore:loss_chunk=256 lora:cpp_wrapper=1
   python benchmarks/train_variants.py --tiny --steps 2 --out /tmp/v lora galore:loss_chunk=16   # CPU smoke
@@ -29,7 +33,8 @@ from peftbench.methods import METHODS
 from peftbench.train import answer_loss, batch_order, pack, training_step
 from peftbench.trainable import build_trainable
 
-KNOBS = {"loss_chunk": int, "cpp_wrapper": bool, "gradient_checkpointing": bool}
+KNOBS = {"loss_chunk": int, "cpp_wrapper": bool, "gradient_checkpointing": bool, "recompute": bool,
+         "act_budget": float, "combo_kernels": bool}
 
 
 def parse_variant(text):
@@ -41,7 +46,7 @@ def parse_variant(text):
         name, _, value = knob.partition("=")
         if name not in KNOBS:
             raise SystemExit(f"unknown knob {name!r} in {text!r}: use one of {sorted(KNOBS)}")
-        values[name] = int(value) if KNOBS[name] is int else value in ("1", "true")
+        values[name] = value in ("1", "true") if KNOBS[name] is bool else KNOBS[name](value)
     return method, values
 
 
@@ -77,13 +82,20 @@ def run_one(args, text):
     config = yaml.safe_load((train_speed.ROOT / "config.yaml").read_text())
     if "loss_chunk" in knobs:
         train_module.LOSS_CHUNK = knobs["loss_chunk"]
-    if knobs.get("cpp_wrapper"):
-        import torch._inductor.config as inductor_config
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
 
+    if knobs.get("cpp_wrapper"):
         inductor_config.cpp_wrapper = True
+    if knobs.get("combo_kernels"):
+        inductor_config.combo_kernels = True
+    if "act_budget" in knobs:
+        functorch_config.activation_memory_budget = knobs["act_budget"]  # read when layers compile
     training = dict(config["training"])
     if "gradient_checkpointing" in knobs:
         training["gradient_checkpointing"] = knobs["gradient_checkpointing"]
+    if knobs.get("recompute"):
+        training["recompute_elementwise"] = [method]
     settings = dict(config["method_settings"][method])
     if args.tiny and "rank" in settings:
         settings["rank"] = 8
