@@ -122,8 +122,9 @@ def recompute_elementwise(layer):
     products and attention as saved, and recomputes the elementwise work between them (norms, rotary
     embedding, gelu(gate) * up, bf16 copies of fp32 weights), which is cheap to redo but as large to
     store. Pays where the layer has no adapters (GaLore: the saved bf16 weight copies alone are 1.4 GB
-    at the 1B shape); with LoRA, each adapter's output is kept beside the base product, so it saves
-    nothing there. Compiles (the partitioner honours the policy) and runs eagerly alike."""
+    at the 1B shape); with LoRA, each adapter's output is kept beside the base product, so it keeps more,
+    not less (benchmarks/saved_activations.md). Compiles (the partitioner honours the policy) and runs
+    eagerly alike."""
     from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
 
     forward, contexts = layer.forward, functools.partial(create_selective_checkpoint_contexts, _keep_products)
