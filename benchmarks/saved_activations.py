@@ -23,12 +23,14 @@ sys.path.insert(0, str(ROOT / "src"))
 from peftbench.trainable import recompute_elementwise  # noqa: E402
 
 TOKENS = 200  # a length equal to no dimension of the model, so a saved tensor's shape tells if it grows with it
-ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def layer_model(method, elementwise):
-    """One decoder layer of the real shape, trainable as the method trains it (LoRA: bf16 base + fp32
-    adapters; GaLore: fp32 weights), compiled as peftbench compiles it on a GPU."""
+    """One decoder layer of the real shape, trainable as peftbench.trainable.build_trainable makes it on a
+    GPU (LoRA: bf16 base + fp32 adapters; GaLore: fp32 weights; bf16 products under autocast), compiled
+    as it compiles it there. Not build_trainable itself: on a CPU that loads float32 weights
+    (model.compute_dtype), which would double every saved activation."""
+    import yaml
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(Path(__file__).with_name("gemma-3-1b-it.config.json"))
@@ -41,7 +43,10 @@ def layer_model(method, elementwise):
     if method == "lora":
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=ALL_LINEAR)).get_base_model()
+        lora = yaml.safe_load((ROOT / "config.yaml").read_text())["method_settings"]["lora"]
+        adapters = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                              target_modules=lora["target_modules"])
+        model = get_peft_model(model, adapters).get_base_model()
         for module in model.modules():
             if hasattr(module, "cast_input_dtype_enabled"):
                 module.cast_input_dtype_enabled = False

@@ -128,7 +128,8 @@ def test_one_step_changes_only_the_trained_parameters(method, model_dir, tokeniz
     assert not any("norm" in n or n.endswith("embed_tokens.weight") or "base_layer" in n for n in changed)
 
 
-RECOMPUTE = {"full": {"gradient_checkpointing": True}, "elementwise": {"recompute_elementwise": ["lora", "qlora", "galore", "hybrid"]}}
+RECOMPUTE = {"full": {"gradient_checkpointing": True},
+             "elementwise": {"recompute_elementwise": ["lora", "qlora", "galore", "hybrid"]}}
 
 
 @pytest.mark.parametrize("recompute", ["full", "elementwise"])

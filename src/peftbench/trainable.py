@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from peftbench.model import DTYPES, compute_dtype, load_model
 
@@ -111,9 +112,7 @@ def _products():
     return products | {flex_attention}
 
 
-def _keep_products(ctx, op, *args, **kwargs):
-    from torch.utils.checkpoint import CheckpointPolicy
-
+def _keep_products(ctx, op, *args, **kwargs):  # asked once per operator the layer runs
     return CheckpointPolicy.MUST_SAVE if op in _products() else CheckpointPolicy.PREFER_RECOMPUTE
 
 
@@ -125,8 +124,6 @@ def recompute_elementwise(layer):
     at the 1B shape); with LoRA, each adapter's output is kept beside the base product, so it keeps more,
     not less (benchmarks/saved_activations.md). Compiles (the partitioner honours the policy) and runs
     eagerly alike."""
-    from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
-
     forward, contexts = layer.forward, functools.partial(create_selective_checkpoint_contexts, _keep_products)
 
     def forward_keeping_products(*args, **kwargs):
