@@ -60,13 +60,16 @@ def layer_model(method, elementwise):
 
 
 def saved_by_partitioner(method, elementwise):
-    """(bytes per token, bytes that do not grow with the tokens) kept for one layer's backward."""
-    chosen = []
+    """(bytes per token, bytes that do not grow with the tokens) kept for one layer's backward, and
+    (graph inputs, all saved values) in bytes at TOKENS tokens, as the partitioner sizes them."""
+    chosen, sizes = [], [0, 0]
     choose = partitioners.choose_saved_values_set
 
     def recording(joint_graph, node_info, *args, **kwargs):
         saved = choose(joint_graph, node_info, *args, **kwargs)
         chosen.extend(saved)
+        sizes[0] += sum(map(partitioners._size_of, node_info.inputs))
+        sizes[1] += sum(map(partitioners._size_of, saved))
         return saved
 
     torch._dynamo.reset()
@@ -92,7 +95,7 @@ def saved_by_partitioner(method, elementwise):
             per_token += size / TOKENS
         elif not node.name.startswith("primals"):  # a parameter is stored whether it is saved or not
             fixed += size
-    return per_token, fixed
+    return per_token, fixed, *sizes
 
 
 def main(argv=None):
@@ -103,14 +106,18 @@ def main(argv=None):
     lines = ["# What one compiled gemma-3-1b-it decoder layer keeps for backward", "", f"Command: `{command}`",
              "", f"torch {torch.__version__}, CPU (the partitioner's choice; see the script's docstring). At "
              "8,192 tokens (the benchmark's longest batch) x 26 layers, 1 KB per token is 0.21 GB.", "",
-             "| method | recompute_elementwise | KB per token | MB that do not grow with tokens | GB at 8,192 tokens x 26 layers |",
-             "|---|---|---|---|---|"]
+             f"The last two columns are at {TOKENS} tokens, parameters included, as the partitioner weighs "
+             "them: its memory budget (torch._functorch.config.activation_memory_budget) keeps the default "
+             "whenever the graph's inputs weigh more than the values the default saves.", "",
+             "| method | recompute_elementwise | KB per token | MB that do not grow with tokens | "
+             f"GB at 8,192 tokens x 26 layers | graph inputs MB ({TOKENS} tokens) | saved MB ({TOKENS} tokens) |",
+             "|---|---|---|---|---|---|---|"]
     for method in ("galore", "lora"):
         for elementwise in (False, True):
-            per_token, fixed = saved_by_partitioner(method, elementwise)
+            per_token, fixed, inputs, saved = saved_by_partitioner(method, elementwise)
             total = 26 * (8192 * per_token + fixed) / 1e9
             lines.append(f"| {method} | {'yes' if elementwise else 'no'} | {per_token / 1e3:.1f} | {fixed / 1e6:.1f} | "
-                         f"{total:.1f} |")
+                         f"{total:.1f} | {inputs / 1e6:.1f} | {saved / 1e6:.1f} |")
             print(lines[-1], flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
