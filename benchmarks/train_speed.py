@@ -39,7 +39,7 @@ from peftbench.trainable import build_trainable  # noqa: E402
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 MIX = [(150, 0.6), (450, 0.9), (1100, 0.5)]  # (median tokens, lognormal sigma) per source
-H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s of an H100 SXM
+HOPPER_BF16_PEAK = 989e12  # dense bf16 FLOP/s of an H100 SXM or H200 (the same chip, more memory)
 STUDY_EXAMPLES, STUDY_EPOCHS = 15_000, 2
 
 
@@ -206,7 +206,7 @@ def main(argv=None):
     mean_length = sum(len(ids) for ids, _ in examples) / len(examples)
     flops_per_token = model_flops_per_token(model_config, mean_length)
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    peak_flops = H100_BF16_PEAK if "H100" in gpu else None
+    peak_flops = HOPPER_BF16_PEAK if "H100" in gpu or "H200" in gpu else None
 
     results = {}
     for method in args.methods:

@@ -5,8 +5,11 @@ A variant is a method plus knobs, e.g. `galore`, `galore:loss_chunk=256`, `lora:
   cpp_wrapper=1              Inductor's C++ wrapper for compiled code (fewer CPU cycles per kernel launch)
   gradient_checkpointing=1   training.gradient_checkpointing
   recompute=1                training.recompute_elementwise for the method (selective recomputation)
+  checkpoint_layers=N        training.checkpoint_layers for the method: its first N layers checkpointed
   act_budget=F               torch._functorch.config.activation_memory_budget (1.0: Inductor's default)
   combo_kernels=1            Inductor's combo kernels (independent small kernels launched as one)
+  skip_guards=1              after the warm-up pass, Dynamo runs only the guards that tell its compiled
+                             versions apart (torch.compiler.set_stance skip_guard_eval_unsafe)
 Each variant runs in its own Python process, so a compiler crash loses only that variant. Only peftbench's
 path is measured (train_speed.py measures it against the plain recipe), on train_speed.py's synthetic
 batches: one untimed pass, three timed passes (the median kept). Then, on the longest batch, the memory
@@ -34,7 +37,7 @@ from peftbench.train import answer_loss, batch_order, pack, training_step
 from peftbench.trainable import build_trainable
 
 KNOBS = {"loss_chunk": int, "cpp_wrapper": bool, "gradient_checkpointing": bool, "recompute": bool,
-         "act_budget": float, "combo_kernels": bool}
+         "checkpoint_layers": int, "act_budget": float, "combo_kernels": bool, "skip_guards": bool}
 
 
 def parse_variant(text):
@@ -77,6 +80,38 @@ def phase_memory(model, optimizer, scheduler, batch, trainable):
     return phases
 
 
+def tokenizer_and_batches(model_dir, batch_size, steps, tiny):
+    """train_speed.py's synthetic examples, batched as the workflow batches them."""
+    from transformers import AutoConfig
+
+    from peftbench.model import load_tokenizer, model_path
+
+    tokenizer = load_tokenizer(model_dir)
+    vocab = AutoConfig.from_pretrained(model_path(model_dir)).vocab_size
+    examples = train_speed.synthetic_examples(batch_size * steps, 64 if tiny else 1024, vocab)
+    return tokenizer, [[examples[i] for i in b] for b in batch_order([len(ids) for ids, _ in examples], batch_size, 0, 0)]
+
+
+def build_variant(config, method, knobs, model_dir, tokenizer, tiny):
+    """peftbench's trainable model and optimizer for a method, with the variant's training knobs."""
+    training = dict(config["training"])
+    if "gradient_checkpointing" in knobs:
+        training["gradient_checkpointing"] = knobs["gradient_checkpointing"]
+    if "checkpoint_layers" in knobs:
+        training["checkpoint_layers"] = {method: knobs["checkpoint_layers"]}
+    if knobs.get("recompute"):
+        training["recompute_elementwise"] = [method]
+    settings = dict(config["method_settings"][method])
+    if tiny and "rank" in settings:
+        settings["rank"] = 8
+    model, groups = build_trainable(METHODS[method], model_dir, settings, training, tokenizer,
+                                    "cuda" if torch.cuda.is_available() else "cpu")
+    model.train()
+    optimizer = METHODS[method].optimizer(groups, settings, training)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return model, optimizer, scheduler, [p for group in groups for p in group]
+
+
 def run_one(args, text):
     method, knobs = parse_variant(text)
     config = yaml.safe_load((train_speed.ROOT / "config.yaml").read_text())
@@ -91,37 +126,22 @@ def run_one(args, text):
         inductor_config.combo_kernels = True
     if "act_budget" in knobs:
         functorch_config.activation_memory_budget = knobs["act_budget"]  # read when layers compile
-    training = dict(config["training"])
-    if "gradient_checkpointing" in knobs:
-        training["gradient_checkpointing"] = knobs["gradient_checkpointing"]
-    if knobs.get("recompute"):
-        training["recompute_elementwise"] = [method]
-    settings = dict(config["method_settings"][method])
-    if args.tiny and "rank" in settings:
-        settings["rank"] = 8
-
     model_dir = Path(args.work) / "model"
-    from transformers import AutoConfig
-
-    from peftbench.model import load_tokenizer, model_path
-
-    tokenizer = load_tokenizer(model_dir)
-    vocab = AutoConfig.from_pretrained(model_path(model_dir)).vocab_size
-    n_examples = args.batch_size * args.steps
-    examples = train_speed.synthetic_examples(n_examples, 64 if args.tiny else 1024, vocab)
-    batches = [[examples[i] for i in b]
-               for b in batch_order([len(ids) for ids, _ in examples], args.batch_size, 0, 0)]
+    tokenizer, batches = tokenizer_and_batches(model_dir, args.batch_size, args.steps, args.tiny)
     cuda = torch.cuda.is_available()
     start = time.perf_counter()
-    model, groups = build_trainable(METHODS[method], model_dir, settings, training, tokenizer,
-                                    "cuda" if cuda else "cpu")
-    model.train()
-    optimizer = METHODS[method].optimizer(groups, settings, training)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    trainable = [p for group in groups for p in group]
+    model, optimizer, scheduler, trainable = build_variant(config, method, knobs, model_dir, tokenizer, args.tiny)
     result = {"variant": text, "method": method, **knobs,
               "static_gb": gb(torch.cuda.memory_allocated()) if cuda else None}
-    result.update(train_speed.measure(lambda b: training_step(model, optimizer, scheduler, b, trainable, 1.0), batches))
+    calls = []
+
+    def step(batch):
+        calls.append(1)
+        if knobs.get("skip_guards") and len(calls) == len(batches) + 1:  # every shape was seen once
+            torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
+        return training_step(model, optimizer, scheduler, batch, trainable, 1.0)
+
+    result.update(train_speed.measure(step, batches))
     result["warmup_and_timing_s"] = time.perf_counter() - start  # compilation included
     if cuda:
         longest = max(batches, key=lambda b: sum(len(ids) for ids, _ in b))

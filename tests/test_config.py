@@ -27,6 +27,8 @@ def test_study_and_demo_configs_are_valid(study_config, demo_config):
         (lambda c: c["model"].update(dtype="float16"), "model.dtype"),
         (lambda c: c["data"]["sources"][0].pop("hub"), "data.sources.0"),
         (lambda c: c["data"]["sources"][1]["train"].update(n=-5), "data.sources.1.train.n"),
+        (lambda c: c["training"].update(checkpoint_layers={"gallore": 10}), "training.checkpoint_layers"),
+        (lambda c: c["training"].update(checkpoint_layers={"galore": -1}), "training.checkpoint_layers.galore"),
     ],
 )
 def test_bad_config_names_the_key_in_one_line(study_config, change, key):

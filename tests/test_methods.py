@@ -129,15 +129,17 @@ def test_one_step_changes_only_the_trained_parameters(method, model_dir, tokeniz
 
 
 RECOMPUTE = {"full": {"gradient_checkpointing": True},
+             "first layer": {"checkpoint_layers": {m: 1 for m in ["lora", "qlora", "galore", "hybrid"]}},
              "elementwise": {"recompute_elementwise": ["lora", "qlora", "galore", "hybrid"]}}
 
 
-@pytest.mark.parametrize("recompute", ["full", "elementwise"])
+@pytest.mark.parametrize("recompute", ["full", "first layer", "elementwise"])
 @pytest.mark.parametrize("method", ["lora", "qlora", "galore", "hybrid"])
 def test_recomputation_trains_the_same_weights(method, recompute, model_dir, tokenizer):
     """The memory knobs recompute in backward what the forward did not keep: each layer's whole forward
-    (training.gradient_checkpointing, the knob the out-of-memory error names) or only its elementwise
-    work (training.recompute_elementwise). Two training steps end with the weights of a run without."""
+    (training.gradient_checkpointing, the knob the out-of-memory error names), the first layers' whole
+    forward (training.checkpoint_layers) or only the elementwise work (training.recompute_elementwise).
+    Two training steps end with the weights of a run without."""
     examples = [encode_chat(tokenizer, c) for c in CONVERSATIONS]
     trained = []
     for training in (TRAINING, dict(TRAINING, **RECOMPUTE[recompute])):
@@ -189,6 +191,24 @@ def test_recompute_elementwise_keeps_the_products_and_redoes_the_rest(model_dir,
     assert elementwise["mm"] == default["mm"] < full["mm"]
     assert elementwise["mul"] > default["mul"]
     assert elementwise["rsqrt"] > default["rsqrt"] == 0
+
+
+def test_checkpoint_layers_recomputes_the_first_layers_only(model_dir, tokenizer):
+    """training.checkpoint_layers checkpoints that many layers from the first, for that method only;
+    gradient_checkpointing: true checkpoints every layer whatever it says."""
+    def checkpointed(method, **training):
+        model, _ = build_trainable(METHODS[method], model_dir, SETTINGS[method], dict(TRAINING, **training),
+                                   tokenizer, "cpu")
+        return [layer.gradient_checkpointing for layer in causal_lm(model).model.layers]
+
+    assert checkpointed("galore", checkpoint_layers={"galore": 1}) == [True, False]
+    assert checkpointed("lora", checkpoint_layers={"galore": 1}) == [False, False]
+    assert checkpointed("galore", checkpoint_layers={"galore": 5}) == [True, True]
+    assert checkpointed("galore", checkpoint_layers={"galore": 1}, gradient_checkpointing=True) == [True, True]
+    default = backward_ops(model_dir, tokenizer)
+    first = backward_ops(model_dir, tokenizer, checkpoint_layers={"galore": 1})
+    full = backward_ops(model_dir, tokenizer, gradient_checkpointing=True)
+    assert default["mm"] < first["mm"] < full["mm"]
 
 
 @pytest.mark.parametrize("method", ["lora", "qlora", "galore", "hybrid"])

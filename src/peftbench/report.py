@@ -216,6 +216,25 @@ def _budget_lines(metrics):
     return lines + ["", verdict]
 
 
+def _memory_knob_lines(metrics):
+    """Which methods recomputed activations in backward: the same results, less memory, more time."""
+    lines = []
+    for method, runs in metrics.items():
+        run = runs[0]
+        layers, checkpointed = run.get("decoder_layers"), run.get("checkpointed_layers", 0)
+        if checkpointed:
+            knob = "gradient_checkpointing" if checkpointed == layers else "checkpoint_layers"
+            lines.append(f"- **{method}** recomputed the forward of {checkpointed} of its {layers} decoder layers "
+                         f"in backward (`training.{knob}`)")
+        if run.get("recompute_elementwise") and checkpointed != layers:
+            lines.append(f"- **{method}** recomputed the elementwise work of its other layers in backward "
+                         "(`training.recompute_elementwise`)")
+    if not lines:
+        return []
+    return ["**Memory knobs:** these recompute in backward what the forward did not keep; the results are the "
+            "same, the peak memory lower and the training time longer than without:", "", *lines, ""]
+
+
 HTML_PAGE = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>peftbench report</title><style>
 body {{ font-family: sans-serif; max-width: 80em; margin: 2em auto; line-height: 1.4; }}
@@ -320,6 +339,7 @@ def build_report(config, comparison, metrics, manifest, benchmarks, out_path):
         "",
         *[f"- **{m}**: {METHODS[m].MEMORY}" for m in comparison["methods"] if METHODS[m].TRAINS],
         "",
+        *_memory_knob_lines(metrics),
         "**Fairness:** every trained method sees the same batches in the same order (one seeded "
         "permutation per epoch, grouped by length within windows of 8 batches), the same epochs, batch size "
         "and maximum length, and trains the same two "

@@ -30,7 +30,7 @@ from peftbench.io import atomic_dir, read_json, read_jsonl, write_json
 from peftbench.methods import METHODS
 from peftbench.errors import UserError
 from peftbench.model import load_tokenizer, model_path
-from peftbench.trainable import TokenRows, build_trainable, causal_lm, save_trained
+from peftbench.trainable import TokenRows, build_trainable, causal_lm, checkpointed_layers, save_trained
 
 log = logging.getLogger(__name__)
 METRICS = "train_metrics.json"
@@ -185,6 +185,7 @@ def train(method_name, model_dir, train_path, settings, training, out_dir, seed=
     lengths = [len(ids) for ids, _ in examples]
     model, groups = build_trainable(method, model_dir, settings, training, tokenizer, device, dtype)
     model.train()
+    layers = causal_lm(model).model.layers
     optimizer = method.optimizer(groups, settings, training)
     trainable = [p for group in groups for p in group]
     steps_per_epoch = math.ceil(len(examples) / training["batch_size"])
@@ -272,6 +273,10 @@ def train(method_name, model_dir, train_path, settings, training, out_dir, seed=
         "steps": total_steps,
         "trainable_params": sum(p.numel() for p in trainable),
         "total_params": sum(p.numel() for p in model.parameters()),
+        # The memory knobs: the same results, less memory, more time (the report says which method used them).
+        "decoder_layers": len(layers),
+        "checkpointed_layers": checkpointed_layers(method_name, training, len(layers)),
+        "recompute_elementwise": method_name in training.get("recompute_elementwise", []),
         "loss": history,
     }
     with atomic_dir(out_dir) as tmp:

@@ -68,10 +68,16 @@ def build_trainable(method, model_dir, settings, training, tokenizer, device, dt
     model = load_model(model_dir, dtype, device, quantization_config=method.quantization(settings),
                        attention="flex_attention" if cuda else "sdpa")
     model.requires_grad_(False)
-    if training["gradient_checkpointing"]:
+    layers = causal_lm(model).model.layers
+    checkpointed = checkpointed_layers(method.NAME, training, len(layers))
+    if checkpointed:
+        # transformers' checkpointing, switched off again past the first `checkpointed` layers: each layer
+        # checkpointed frees the same memory at the start of backward, for one more forward of that layer.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif method.NAME in training.get("recompute_elementwise", []):
-        for layer in causal_lm(model).model.layers:
+        for layer in layers[checkpointed:]:
+            layer.gradient_checkpointing = False
+    if method.NAME in training.get("recompute_elementwise", []):
+        for layer in layers[checkpointed:]:
             recompute_elementwise(layer)
     full_rank = _full_rank_parameters(model, method.full_rank_targets(settings))
     peft_config = _peft_config(method, settings, token_ids(tokenizer, training["trainable_tokens"]))
@@ -98,6 +104,14 @@ def build_trainable(method, model_dir, settings, training, tokenizer, device, dt
     )
     assert sum(map(len, groups)) == len(trained), "a trainable parameter belongs to no optimizer group"
     return model, groups
+
+
+def checkpointed_layers(method_name, training, n_layers):
+    """How many decoder layers, from the first, recompute their forward in backward: all of them with
+    training.gradient_checkpointing, else the method's training.checkpoint_layers (at most all)."""
+    if training["gradient_checkpointing"]:
+        return n_layers
+    return min(training.get("checkpoint_layers", {}).get(method_name, 0), n_layers)
 
 
 @functools.cache
