@@ -185,7 +185,6 @@ def train(method_name, model_dir, train_path, settings, training, out_dir, seed=
     lengths = [len(ids) for ids, _ in examples]
     model, groups = build_trainable(method, model_dir, settings, training, tokenizer, device, dtype)
     model.train()
-    layers = causal_lm(model).model.layers
     optimizer = method.optimizer(groups, settings, training)
     trainable = [p for group in groups for p in group]
     steps_per_epoch = math.ceil(len(examples) / training["batch_size"])
@@ -260,6 +259,7 @@ def train(method_name, model_dir, train_path, settings, training, out_dir, seed=
         # Kept until the output is saved: a kill between here and Snakemake recording the job loses nothing.
         save_checkpoint(training["epochs"], 0)
 
+    decoder_layers = len(causal_lm(model).model.layers)
     metrics = {
         "method": method_name,
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
@@ -274,8 +274,8 @@ def train(method_name, model_dir, train_path, settings, training, out_dir, seed=
         "trainable_params": sum(p.numel() for p in trainable),
         "total_params": sum(p.numel() for p in model.parameters()),
         # The memory knobs: the same results, less memory, more time (the report says which method used them).
-        "decoder_layers": len(layers),
-        "checkpointed_layers": checkpointed_layers(method_name, training, len(layers)),
+        "decoder_layers": decoder_layers,
+        "checkpointed_layers": checkpointed_layers(method_name, training, decoder_layers),
         "recompute_elementwise": method_name in training.get("recompute_elementwise", []),
         "loss": history,
     }
