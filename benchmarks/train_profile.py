@@ -17,9 +17,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 import train_speed
-from peftbench.methods import METHODS
 from peftbench.train import batch_order, training_step
-from peftbench.trainable import build_trainable
 
 
 def main(argv=None):
@@ -43,7 +41,6 @@ def main(argv=None):
     examples = train_speed.synthetic_examples(8 * args.steps, 64 if args.tiny else 1024, vocab)
     batches = [[examples[i] for i in b] for b in batch_order([len(ids) for ids, _ in examples], 8, 0, 0)]
     cuda = torch.cuda.is_available()
-    device = "cuda" if cuda else "cpu"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     sort_key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     command = "python benchmarks/train_profile.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -53,11 +50,8 @@ def main(argv=None):
         settings = dict(config["method_settings"][method])
         if args.tiny and "rank" in settings:
             settings["rank"] = 8
-        model, groups = build_trainable(METHODS[method], model_dir, settings, config["training"], tokenizer, device)
-        model.train()
-        optimizer = METHODS[method].optimizer(groups, settings, config["training"])
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-        trainable = [p for group in groups for p in group]
+        model, optimizer, scheduler, trainable = train_speed.peftbench_path(method, model_dir, settings,
+                                                                            config["training"], tokenizer)
 
         def step(batch):
             return training_step(model, optimizer, scheduler, batch, trainable, 1.0)
@@ -83,7 +77,7 @@ def main(argv=None):
             lines += ["CPU time, inclusive:", "", "```",
                       events.table(sort_by="cpu_time_total", row_limit=args.rows, max_name_column_width=60), "```", ""]
         print(summary, f"peak {torch.cuda.max_memory_allocated() / 1e9:.1f} GB" if cuda else "", flush=True)
-        del model, optimizer, scheduler, trainable, groups, step
+        del model, optimizer, scheduler, trainable, step
         torch._dynamo.reset()
         train_speed.free_memory()
         out = Path(args.out)  # written after every method: a run cut short keeps what it measured

@@ -159,6 +159,17 @@ def measure(step, batches, passes=3):
     return result
 
 
+def peftbench_path(method, model_dir, settings, training, tokenizer):
+    """peftbench's trainable model in train mode, its optimizer, a constant schedule and the trained
+    parameters, exactly as peftbench.train builds them (the schedule's shape does not change a step's cost)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, groups = build_trainable(METHODS[method], model_dir, settings, training, tokenizer, device)
+    model.train()
+    optimizer = METHODS[method].optimizer(groups, settings, training)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return model, optimizer, scheduler, [p for group in groups for p in group]
+
+
 def free_memory():
     gc.collect()
     if torch.cuda.is_available():
@@ -220,19 +231,14 @@ def main(argv=None):
         del model, optimizer, trainable
         free_memory()
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
         paths = {"peftbench": config["training"]}
         if args.checkpointing:  # the same path with the memory knob on
             paths["peftbench + checkpointing"] = dict(config["training"], gradient_checkpointing=True)
         for path, training in paths.items():
-            model, groups = build_trainable(METHODS[method], model_dir, settings, training, tokenizer, device)
-            model.train()
-            optimizer = METHODS[method].optimizer(groups, settings, training)
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-            trainable = [p for group in groups for p in group]
+            model, optimizer, scheduler, trainable = peftbench_path(method, model_dir, settings, training, tokenizer)
             results[method][path] = measure(
                 lambda b: training_step(model, optimizer, scheduler, b, trainable, 1.0), grouped, args.passes)
-            del model, optimizer, scheduler, trainable, groups
+            del model, optimizer, scheduler, trainable
             torch._dynamo.reset()
             free_memory()
         for path in ["plain", *paths]:

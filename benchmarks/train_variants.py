@@ -34,7 +34,6 @@ import train_speed
 from peftbench import train as train_module
 from peftbench.methods import METHODS
 from peftbench.train import answer_loss, batch_order, pack, training_step
-from peftbench.trainable import build_trainable
 
 KNOBS = {"loss_chunk": int, "cpp_wrapper": bool, "gradient_checkpointing": bool, "recompute": bool,
          "checkpoint_layers": int, "act_budget": float, "combo_kernels": bool, "skip_guards": bool}
@@ -104,12 +103,7 @@ def build_variant(config, method, knobs, model_dir, tokenizer, tiny):
     settings = dict(config["method_settings"][method])
     if tiny and "rank" in settings:
         settings["rank"] = 8
-    model, groups = build_trainable(METHODS[method], model_dir, settings, training, tokenizer,
-                                    "cuda" if torch.cuda.is_available() else "cpu")
-    model.train()
-    optimizer = METHODS[method].optimizer(groups, settings, training)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    return model, optimizer, scheduler, [p for group in groups for p in group]
+    return train_speed.peftbench_path(method, model_dir, settings, training, tokenizer)
 
 
 def run_one(args, text):
