@@ -24,6 +24,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
+from peftbench import attention
 from peftbench.chat import IGNORE_INDEX, encode_chat
 from peftbench.checkpoint import Checkpoints, file_sha256
 from peftbench.io import atomic_dir, read_json, read_jsonl, write_json
@@ -71,14 +72,16 @@ def collate(examples, pad_id, device):
 
 
 def pack(examples, device):
-    """The batch as one row, examples end to end, with position ids restarting at each example: no padding
-    to compute or store. Attention stays inside each example: given restarting position ids and no
-    attention mask, transformers masks per example (block-sparse under flex attention on GPU). The loss
-    never crosses a boundary, since each example's first token (<bos>) is not an answer token."""
+    """The batch as one row, examples end to end, with position ids restarting at each example, and the
+    examples' lengths: no padding to compute or store. Attention stays inside each example: FlashAttention
+    over the examples' offsets on a GPU (peftbench.attention); elsewhere, given restarting position ids and
+    no attention mask, transformers masks per example. The loss never crosses a boundary, since each
+    example's first token (<bos>) is not an answer token."""
     input_ids = torch.tensor([token for ids, _ in examples for token in ids])
     labels = torch.tensor([label for _, labs in examples for label in labs])
     position_ids = torch.cat([torch.arange(len(ids)) for ids, _ in examples])
-    return input_ids[None].to(device), labels[None].to(device), position_ids[None].to(device)
+    lengths = tuple(len(ids) for ids, _ in examples)
+    return input_ids[None].to(device), labels[None].to(device), position_ids[None].to(device), lengths
 
 
 LOSS_CHUNK = 1024  # answer positions per output-layer chunk: bounds the logits' memory on long batches
@@ -97,18 +100,29 @@ def is_compiled(lm):
     return getattr(lm.model.layers[0], "_compiled_call_impl", None) is not None
 
 
-def answer_loss(model, input_ids, labels, position_ids=None, attention_mask=None, chunk=None):
+def answer_loss(model, input_ids, labels, position_ids=None, lengths=None, *, attention_mask=None, chunk=None):
     """Mean next-token cross-entropy over the answer tokens. Only the positions that predict an answer
     token go through lm_head, so the full (tokens x vocabulary) logits never exist; past `chunk` positions
     (default LOSS_CHUNK, read at call time) the output layer runs chunk by chunk and is recomputed in
-    backward (checkpointing), so at most one chunk of logits lives at a time."""
+    backward (checkpointing), so at most one chunk of logits lives at a time. A packed row (pack) comes
+    with its examples' lengths; without them, they are read from where the position ids restart."""
     chunk = chunk or LOSS_CHUNK
     lm = causal_lm(model)
     if getattr(lm.config, "final_logit_softcapping", None):
         raise NotImplementedError("models with final logit softcapping are not supported")
     rows = TokenRows(lm)
+    sequences = {}
+    if lm.config._attn_implementation == attention.NAME:
+        if attention_mask is not None:
+            raise ValueError(f"{attention.NAME} trains on packed rows (train.pack), not padded ones")
+        if lengths is None and position_ids is not None:
+            starts = (position_ids[0] == 0).nonzero().flatten().tolist() + [position_ids.shape[1]]
+            lengths = [end - start for start, end in zip(starts, starts[1:])]
+        if lengths is not None:
+            sequences = {"cu_seq_lens_q": attention.sequence_offsets(lengths, input_ids.device),
+                         "max_length_q": max(lengths)}
     hidden = lm.model(inputs_embeds=rows.embed(input_ids), position_ids=position_ids, attention_mask=attention_mask,
-                      use_cache=False).last_hidden_state  # a cache would turn off the per-example masks
+                      use_cache=False, **sequences).last_hidden_state  # a cache would turn off the per-example masks
     # The positions that predict an answer token, by index: a boolean mask's backward is an index_put
     # that sorts, an index_select's backward a plain index_add.
     targets = labels[:, 1:].flatten()
@@ -128,14 +142,14 @@ def training_step(model, optimizer, scheduler, examples, trainable, max_grad_nor
     """One optimizer step on a batch of (input_ids, labels); returns (loss, real tokens). The benchmark
     in benchmarks/ calls this same function, so what it measures is what the workflow runs."""
     device = next(p.device for p in trainable)
-    input_ids, labels, position_ids = pack(examples, device)
+    input_ids, labels, position_ids, lengths = pack(examples, device)
     # bf16 products on GPU; a CPU computes in float32 (model.compute_dtype says why), its attention in
     # the math kernel: the fused CPU kernel's float32 backward is not reproducible from run to run. The
     # backward runs under it too: with gradient checkpointing the layers recompute their forward there.
     cuda = device.type == "cuda"
     with nullcontext() if cuda else sdpa_kernel(SDPBackend.MATH):
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cuda):
-            loss = answer_loss(model, input_ids, labels, position_ids)
+            loss = answer_loss(model, input_ids, labels, position_ids, lengths)
         if torch.isfinite(loss):  # a non-finite loss is reported by the caller, before any update
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
+from peftbench import attention
 from peftbench.model import DTYPES, compute_dtype, load_model
 
 ParamGroups = namedtuple("ParamGroups", ["lora", "full_rank", "tokens"])
@@ -63,10 +64,8 @@ def build_trainable(method, model_dir, settings, training, tokenizer, device, dt
     from peft import get_peft_model
 
     cuda = str(device).startswith("cuda")
-    # Training packs each batch into one row (train.pack): flex attention then skips the masked blocks
-    # (other examples, outside the sliding window); sdpa would compute a dense mask over the packed row.
     model = load_model(model_dir, dtype, device, quantization_config=method.quantization(settings),
-                       attention="flex_attention" if cuda else "sdpa")
+                       attention=training_attention(device))
     model.requires_grad_(False)
     layers = causal_lm(model).model.layers
     checkpointed = checkpointed_layers(method.NAME, training, len(layers))
@@ -106,6 +105,16 @@ def build_trainable(method, model_dir, settings, training, tokenizer, device, dt
     return model, groups
 
 
+def training_attention(device):
+    """The attention for packed rows (train.pack): FlashAttention over the examples where the GPU runs it
+    (peftbench.attention), else flex attention, which skips the masked blocks (other examples, outside the
+    sliding window); a CPU uses sdpa with the per-example mask transformers builds."""
+    if attention.supported(device):
+        attention.register()
+        return attention.NAME
+    return "flex_attention" if str(device).startswith("cuda") else "sdpa"
+
+
 def checkpointed_layers(method_name, training, n_layers):
     """How many decoder layers, from the first, recompute their forward in backward: all of them with
     training.gradient_checkpointing, else the method's training.checkpoint_layers (at most all)."""
@@ -123,6 +132,8 @@ def _products():
                 aten._scaled_dot_product_flash_attention_for_cpu.default}
     from torch._higher_order_ops import flex_attention
 
+    if attention.varlen_attn is not None:  # peftbench.attention's FlashAttention over packed examples
+        products.add(torch.ops.torch_attn._varlen_attn.default)
     return products | {flex_attention}
 
 
