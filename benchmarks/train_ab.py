@@ -7,13 +7,14 @@ timed passes alternate between the variants for --rounds rounds, so a drift of t
 alike, and each variant's median pass is compared with the first variant's.
 
 Variants are written as for train_variants.py. Only knobs that can differ between the models or the passes
-of one process are taken: loss_chunk and skip_guards (set for each pass), gradient_checkpointing,
+of one process are taken: loss_chunk, skip_guards and gc_off (set for each pass), gradient_checkpointing,
 checkpoint_layers and recompute (each model's own); the others change the compiler for the whole process.
 
   python benchmarks/train_ab.py --tokenizer DIR --rounds 5 lora lora:skip_guards=1
   python benchmarks/train_ab.py --tiny --steps 2 --rounds 2 --out /tmp/ab lora lora:loss_chunk=16   # CPU smoke
 """
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -38,6 +39,9 @@ def timed_pass(variant, batches, timed=True):
     train_module.LOSS_CHUNK = knobs.get("loss_chunk", DEFAULT_LOSS_CHUNK)  # read at call time
     # Guards are skipped only once the warm-up pass has compiled every shape.
     torch.compiler.set_stance("default", skip_guard_eval_unsafe=timed and knobs.get("skip_guards", False))
+    gc.collect()  # every pass starts with no garbage: none left for the next variant's pass to collect
+    if timed and knobs.get("gc_off"):
+        gc.disable()
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.synchronize()
@@ -47,8 +51,10 @@ def timed_pass(variant, batches, timed=True):
                                 variant["trainable"], 1.0)[1]
     if cuda:
         torch.cuda.synchronize()
+    rate = tokens / (time.perf_counter() - start)
+    gc.enable()
     torch.compiler.set_stance("default")
-    return tokens / (time.perf_counter() - start)
+    return rate
 
 
 def main(argv=None):

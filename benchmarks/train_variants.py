@@ -10,6 +10,9 @@ A variant is a method plus knobs, e.g. `galore`, `galore:loss_chunk=256`, `lora:
   combo_kernels=1            Inductor's combo kernels (independent small kernels launched as one)
   skip_guards=1              after the warm-up pass, Dynamo runs only the guards that tell its compiled
                              versions apart (torch.compiler.set_stance skip_guard_eval_unsafe)
+  gc_off=1                   after the warm-up pass, Python's cyclic garbage collector is off (gc.disable)
+  attention=NAME             the decoder's attention instead of trainable.training_attention's choice
+                             (flex_attention, or peftbench_varlen: FlashAttention over the packed examples)
 Each variant runs in its own Python process, so a compiler crash loses only that variant. Only peftbench's
 path is measured (train_speed.py measures it against the plain recipe), on train_speed.py's synthetic
 batches: one untimed pass, three timed passes (the median kept). Then, on the longest batch, the memory
@@ -21,22 +24,27 @@ peak of the optimizer step.
   python benchmarks/train_variants.py --tiny --steps 2 --out /tmp/v lora galore:loss_chunk=16   # CPU smoke
 """
 import argparse
+import gc
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 import yaml
 
 import train_speed
+from peftbench import attention
 from peftbench import train as train_module
+from peftbench import trainable as trainable_module
 from peftbench.methods import METHODS
 from peftbench.train import answer_loss, batch_order, pack, training_step
 
 KNOBS = {"loss_chunk": int, "cpp_wrapper": bool, "gradient_checkpointing": bool, "recompute": bool,
-         "checkpoint_layers": int, "act_budget": float, "combo_kernels": bool, "skip_guards": bool}
+         "checkpoint_layers": int, "act_budget": float, "combo_kernels": bool, "skip_guards": bool,
+         "gc_off": bool, "attention": str}
 
 
 def parse_variant(text):
@@ -103,7 +111,11 @@ def build_variant(config, method, knobs, model_dir, tokenizer, tiny):
     settings = dict(config["method_settings"][method])
     if tiny and "rank" in settings:
         settings["rank"] = 8
-    return train_speed.peftbench_path(method, model_dir, settings, training, tokenizer)
+    if knobs.get("attention") == attention.NAME:
+        attention.register()
+    choice = (lambda device: knobs["attention"]) if "attention" in knobs else trainable_module.training_attention
+    with mock.patch.object(trainable_module, "training_attention", choice):
+        return train_speed.peftbench_path(method, model_dir, settings, training, tokenizer)
 
 
 def run_one(args, text):
@@ -131,8 +143,12 @@ def run_one(args, text):
 
     def step(batch):
         calls.append(1)
-        if knobs.get("skip_guards") and len(calls) == len(batches) + 1:  # every shape was seen once
-            torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
+        if len(calls) == len(batches) + 1:  # every shape was seen once
+            if knobs.get("skip_guards"):
+                torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
+            if knobs.get("gc_off"):
+                gc.collect()
+                gc.disable()
         return training_step(model, optimizer, scheduler, batch, trainable, 1.0)
 
     result.update(train_speed.measure(step, batches))
