@@ -31,6 +31,9 @@ def test_report_shows_seed_spread_intervals_significance_and_plots(tmp_path, dem
     metrics = {m: [train_metrics(m, s) for s in (0, 1, 2)] for m in ("lora", "qlora")}
     for run in metrics["qlora"]:
         run.update(decoder_layers=26, checkpointed_layers=10, recompute_elementwise=False)
+    for runs in metrics.values():
+        for run in runs:
+            run["attention"] = "peftbench_varlen"
     out = tmp_path / "report" / "report.md"
     build_report(config, comparison, metrics, MANIFEST, [], out)
     report = out.read_text()
@@ -43,6 +46,7 @@ def test_report_shows_seed_spread_intervals_significance_and_plots(tmp_path, dem
     assert re.search(r"^\| base +\| — +\| ", report, re.M)  # one run, no seed spread
     assert "- **qlora** recomputed the forward of 10 of its 26 decoder layers in backward (`training.checkpoint_layers`)" \
         in report and "**lora** recomputed" not in report
+    assert "training attention: peftbench_varlen." in report
     assert "3,000 real (non-padding) tokens per seed" in report and "identical for every method and seed" in report
     for plot in ("loss.png", "cost.png", "scores.png"):
         assert (out.parent / plot).read_bytes().startswith(b"\x89PNG") and f"]({plot})" in report

@@ -116,6 +116,7 @@ def test_train_metrics_are_complete(finished_run):
         assert metrics["train_seconds"] > 0 and metrics["tokens_per_s"] > 0 and metrics["peak_memory_gb"] > 0
         # config.yaml checkpoints GaLore's first 10 layers: all 2 of the tiny model's
         assert metrics["checkpointed_layers"] == (2 if run.startswith("galore/") else 0)
+        assert metrics["attention"] == "sdpa"  # a CPU; a GPU packs with FlashAttention (test_attention.py)
         assert all(torch.isfinite(torch.tensor(h["loss"])) for h in metrics["loss"])
 
 

@@ -377,7 +377,8 @@ def build_report(config, comparison, metrics, manifest, benchmarks, out_path):
         "## Environment",
         "",
         f"- Hardware: {any_metrics.get('device', 'n/a')}; {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPU cores, Python {platform.python_version()}.",
+        f"{os.cpu_count()} CPU cores, Python {platform.python_version()}; training attention: "
+        f"{any_metrics.get('attention', 'n/a')}.",
         "- Libraries: " + ", ".join(f"{k} {v}" for k, v in _library_versions().items()) + ".",
         "",
         "## Wall time of each step",

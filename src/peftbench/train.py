@@ -116,7 +116,7 @@ def answer_loss(model, input_ids, labels, position_ids=None, lengths=None, *, at
         if attention_mask is not None:
             raise ValueError(f"{attention.NAME} trains on packed rows (train.pack), not padded ones")
         if lengths is None and position_ids is not None:
-            starts = (position_ids[0] == 0).nonzero().flatten().tolist() + [position_ids.shape[1]]
+            starts = (position_ids.flatten() == 0).nonzero().flatten().tolist() + [position_ids.numel()]
             lengths = [end - start for start, end in zip(starts, starts[1:])]
         if lengths is not None:
             sequences = {"cu_seq_lens_q": attention.sequence_offsets(lengths, input_ids.device),
@@ -285,6 +285,7 @@ def train(method_name, model_dir, train_path, settings, training, out_dir, seed=
         "examples": len(examples),
         "epochs": training["epochs"],
         "steps": total_steps,
+        "attention": causal_lm(model).config._attn_implementation,  # the same for every method on one device
         "trainable_params": sum(p.numel() for p in trainable),
         "total_params": sum(p.numel() for p in model.parameters()),
         # The memory knobs: the same results, less memory, more time (the report says which method used them).
