@@ -13,7 +13,6 @@ It also checks that each kernel's output and gradients match flex's (bf16 tolera
   python benchmarks/attention_speed.py flex varlen flex:bwd_BLOCK_M1=32,bwd_BLOCK_N2=32   # GPU
 """
 import argparse
-import inspect
 import json
 import sys
 import time
@@ -24,6 +23,7 @@ import torch
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 import train_speed
+from peftbench import attention
 from peftbench.train import batch_order
 
 CONFIG = json.loads((Path(__file__).parent / "gemma-3-1b-it.config.json").read_text())
@@ -65,30 +65,17 @@ def flex_kernel(options, mode=None):
 
 
 def varlen_kernel():
-    from torch.nn.attention.varlen import varlen_attn
-
-    params = inspect.signature(varlen_attn).parameters
+    """peftbench's own FlashAttention call (peftbench.attention), on the packed examples' offsets."""
+    if "window_size" not in attention.VARLEN_PARAMETERS:
+        raise RuntimeError("this torch's varlen_attn has no sliding window")
     offsets_of = {}
 
     def run(q, k, v, lengths, kind, masks):
         key = tuple(lengths)
         if key not in offsets_of:  # built once, as pack() would build them with the batch
-            offsets_of[key] = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32,
-                                           device=q.device)
-        offsets = offsets_of[key]
-        longest = max(lengths)
-        kwargs = {}
-        if "scale" in params:
-            kwargs["scale"] = SCALE
-        if "window_size" in params:
-            kwargs["window_size"] = (WINDOW - 1, 0) if kind == "sliding" else (-1, 0)
-        else:
-            if kind == "sliding":
-                raise RuntimeError("this torch's varlen_attn has no sliding window")
-            kwargs["is_causal"] = True
-        if "enable_gqa" in params:
-            kwargs["enable_gqa"] = True
-        return varlen_attn(q, k, v, offsets, offsets, longest, longest, **kwargs)
+            offsets_of[key] = attention.sequence_offsets(lengths, q.device)
+        window = (WINDOW - 1, 0) if kind == "sliding" else (-1, 0)
+        return attention.varlen_kernel(q, k, v, offsets_of[key], max(lengths), SCALE, window)
 
     return run
 
