@@ -273,7 +273,8 @@ def train(method_name, model_dir, train_path, settings, training, out_dir, seed=
         # Kept until the output is saved: a kill between here and Snakemake recording the job loses nothing.
         save_checkpoint(training["epochs"], 0)
 
-    decoder_layers = len(causal_lm(model).model.layers)
+    lm = causal_lm(model)
+    decoder_layers = len(lm.model.layers)
     metrics = {
         "method": method_name,
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
@@ -285,7 +286,7 @@ def train(method_name, model_dir, train_path, settings, training, out_dir, seed=
         "examples": len(examples),
         "epochs": training["epochs"],
         "steps": total_steps,
-        "attention": causal_lm(model).config._attn_implementation,  # the same for every method on one device
+        "attention": lm.config._attn_implementation,  # the same for every method on one device
         "trainable_params": sum(p.numel() for p in trainable),
         "total_params": sum(p.numel() for p in model.parameters()),
         # The memory knobs: the same results, less memory, more time (the report says which method used them).
