@@ -17,7 +17,8 @@ from test_methods import CONVERSATIONS
 def reference_varlen(query, key, value, offsets, longest, scale, window):
     """FlashAttention's varlen contract, one sequence at a time: (tokens, heads, head_dim) in and out."""
     bounds = offsets.tolist()
-    assert longest == max(end - start for start, end in zip(bounds, bounds[1:]))
+    longest_example = max(end - start for start, end in zip(bounds, bounds[1:]))
+    assert longest_example <= longest < 2 * max(longest_example, 1)  # a bound on it (attention.length_bound)
     out = torch.empty_like(query)
     for start, end in zip(bounds, bounds[1:]):
         q, k, v = (t[start:end].transpose(0, 1) for t in (query, key, value))
@@ -71,6 +72,12 @@ def test_packed_flash_path_refuses_a_padding_mask(varlen_on_cpu, model_dir, toke
 def test_a_cpu_trains_with_sdpa():
     assert not attention.supported("cpu")
     assert training_attention("cpu") == "sdpa"
+
+
+def test_the_length_bound_is_a_power_of_two_at_least_the_longest():
+    assert [attention.length_bound([n, 3]) for n in (1, 4, 5, 255, 256, 257, 1024)] == [4, 4, 8, 256, 256, 512, 1024]
+    # so a study's batches reach the compiled layers with a few values, not one per longest example
+    assert len({attention.length_bound([n]) for n in range(100, 1025)}) == 4
 
 
 def test_offsets_mark_where_each_example_starts():

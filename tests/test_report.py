@@ -34,6 +34,8 @@ def test_report_shows_seed_spread_intervals_significance_and_plots(tmp_path, dem
     for runs in metrics.values():
         for run in runs:
             run["attention"] = "peftbench_varlen"
+    metrics["lora"][1]["cuda_graphs"] = {"row_lengths": 31, "capture_seconds": 95.2,
+                                      "first_capture_seconds": 20.0, "token_multiple": 256}
     out = tmp_path / "report" / "report.md"
     build_report(config, comparison, metrics, MANIFEST, [], out)
     report = out.read_text()
@@ -46,7 +48,8 @@ def test_report_shows_seed_spread_intervals_significance_and_plots(tmp_path, dem
     assert re.search(r"^\| base +\| — +\| ", report, re.M)  # one run, no seed spread
     assert "- **qlora** recomputed the forward of 10 of its 26 decoder layers in backward (`training.checkpoint_layers`)" \
         in report and "**lora** recomputed" not in report
-    assert "training attention: peftbench_varlen." in report
+    assert ("training attention: peftbench_varlen; the decoder's forward and backward replayed as CUDA graphs, "
+            "rows padded to a multiple of 256 tokens (up to 31 row lengths captured per run, 95 s at most") in report
     assert "3,000 real (non-padding) tokens per seed" in report and "identical for every method and seed" in report
     for plot in ("loss.png", "cost.png", "scores.png"):
         assert (out.parent / plot).read_bytes().startswith(b"\x89PNG") and f"]({plot})" in report

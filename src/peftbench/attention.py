@@ -41,7 +41,17 @@ def register():
 
 def sequence_offsets(lengths, device):
     """Where each example starts in the packed row, and where the last ends (FlashAttention's cu_seqlens)."""
-    return torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device=device)
+    offsets = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
+    if torch.device(device).type == "cuda":  # from pinned memory: the CPU need not wait for the GPU's queue
+        return offsets.pin_memory().to(device, non_blocking=True)
+    return offsets.to(device)
+
+
+def length_bound(lengths):
+    """The longest length rounded up to a power of two: FlashAttention's max_length argument. Any bound at
+    least the longest is exact (it only sizes the kernel's grid); a Python int reaches the compiled layers
+    as a constant, so each distinct value compiles them again, and a few powers of two keep that to a few."""
+    return 1 << max(1, max(lengths) - 1).bit_length()
 
 
 def varlen_kernel(query, key, value, offsets, longest, scale, window):

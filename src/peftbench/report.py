@@ -378,7 +378,7 @@ def build_report(config, comparison, metrics, manifest, benchmarks, out_path):
         "",
         f"- Hardware: {any_metrics.get('device', 'n/a')}; {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPU cores, Python {platform.python_version()}; training attention: "
-        f"{any_metrics.get('attention', 'n/a')}.",
+        f"{any_metrics.get('attention', 'n/a')}{_graphs_note(metrics)}.",
         "- Libraries: " + ", ".join(f"{k} {v}" for k, v in _library_versions().items()) + ".",
         "",
         "## Wall time of each step",
@@ -389,6 +389,16 @@ def build_report(config, comparison, metrics, manifest, benchmarks, out_path):
     write_html("\n".join(lines), out_path.parent, out_path.with_suffix(".html"))
     with atomic_path(out_path) as tmp:
         tmp.write_text("\n".join(lines))
+
+
+def _graphs_note(metrics):
+    """Whether the decoder trained as replayed CUDA graphs (train_metrics.json's cuda_graphs), and what that cost."""
+    graphed = [run["cuda_graphs"] for runs in metrics.values() for run in runs if run.get("cuda_graphs")]
+    if not graphed:
+        return ""
+    return (f"; the decoder's forward and backward replayed as CUDA graphs, rows padded to a multiple of "
+            f"{graphed[0]['token_multiple']} tokens (up to {max(g['row_lengths'] for g in graphed)} row lengths "
+            f"captured per run, {max(g['capture_seconds'] for g in graphed):.0f} s at most, inside the training time)")
 
 
 def main(argv=None):

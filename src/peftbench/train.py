@@ -25,13 +25,15 @@ from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
 from peftbench import attention
+from peftbench import graphs
 from peftbench.chat import IGNORE_INDEX, encode_chat
 from peftbench.checkpoint import Checkpoints, file_sha256
 from peftbench.io import atomic_dir, read_json, read_jsonl, write_json
 from peftbench.methods import METHODS
 from peftbench.errors import UserError
 from peftbench.model import load_tokenizer, model_path
-from peftbench.trainable import TokenRows, build_trainable, causal_lm, checkpointed_layers, save_trained
+from peftbench.trainable import (TokenRows, build_trainable, causal_lm, checkpointed_layers, save_trained,
+                                 to_device)
 
 log = logging.getLogger(__name__)
 METRICS = "train_metrics.json"
@@ -71,17 +73,33 @@ def collate(examples, pad_id, device):
     return input_ids.to(device), labels.to(device), attention_mask.to(device)
 
 
-def pack(examples, device):
+def pack(examples, device, multiple=1, slots=None):
     """The batch as one row, examples end to end, with position ids restarting at each example, and the
     examples' lengths: no padding to compute or store. Attention stays inside each example: FlashAttention
     over the examples' offsets on a GPU (peftbench.attention); elsewhere, given restarting position ids and
     no attention mask, transformers masks per example. The loss never crosses a boundary, since each
-    example's first token (<bos>) is not an answer token."""
-    input_ids = torch.tensor([token for ids, _ in examples for token in ids])
-    labels = torch.tensor([label for _, labs in examples for label in labs])
-    position_ids = torch.cat([torch.arange(len(ids)) for ids, _ in examples])
-    lengths = tuple(len(ids) for ids, _ in examples)
-    return input_ids[None].to(device), labels[None].to(device), position_ids[None].to(device), lengths
+    example's first token (<bos>) is not an answer token.
+
+    Returns input_ids, labels, position_ids, lengths and the indices of the positions that predict an answer
+    token, found here on the CPU so that the GPU never has to report them back. For CUDA graphs (graphs.py),
+    which replay fixed shapes: a filler example (token 0, outside the loss) brings the row to a multiple of
+    `multiple` tokens, and empty examples bring the count of examples to `slots`."""
+    lengths = [len(ids) for ids, _ in examples]
+    pieces = list(examples)
+    if slots is not None:
+        if len(examples) >= slots:
+            raise ValueError(f"a row of {slots} slots holds at most {slots - 1} examples and the filler")
+        filler = -sum(lengths) % multiple
+        pieces.append(([0] * filler, [IGNORE_INDEX] * filler))
+        lengths += [filler] + [0] * (slots - len(examples) - 1)
+    input_ids = torch.tensor([token for ids, _ in pieces for token in ids])
+    labels = torch.tensor([label for _, labs in pieces for label in labs])
+    position_ids = torch.cat([torch.arange(len(ids)) for ids, _ in pieces])
+    predicting = (labels[1:] != IGNORE_INDEX).nonzero().flatten()
+    tensors = [input_ids, labels, position_ids, predicting]
+    # one copy, which on a GPU the CPU does not wait for
+    input_ids, labels, position_ids, predicting = to_device(torch.cat(tensors), device).split(list(map(len, tensors)))
+    return input_ids[None], labels[None], position_ids[None], tuple(lengths), predicting
 
 
 LOSS_CHUNK = 1024  # answer positions per output-layer chunk: bounds the logits' memory on long batches
@@ -100,12 +118,14 @@ def is_compiled(lm):
     return getattr(lm.model.layers[0], "_compiled_call_impl", None) is not None
 
 
-def answer_loss(model, input_ids, labels, position_ids=None, lengths=None, *, attention_mask=None, chunk=None):
+def answer_loss(model, input_ids, labels, position_ids=None, lengths=None, predicting=None, *, attention_mask=None,
+                chunk=None):
     """Mean next-token cross-entropy over the answer tokens. Only the positions that predict an answer
     token go through lm_head, so the full (tokens x vocabulary) logits never exist; past `chunk` positions
     (default LOSS_CHUNK, read at call time) the output layer runs chunk by chunk and is recomputed in
     backward (checkpointing), so at most one chunk of logits lives at a time. A packed row (pack) comes
-    with its examples' lengths; without them, they are read from where the position ids restart."""
+    with its examples' lengths and its answer-predicting positions; without them, they are read from where
+    the position ids restart and from the labels. With CUDA graphs (graphs.py), the decoder replays them."""
     chunk = chunk or LOSS_CHUNK
     lm = causal_lm(model)
     if getattr(lm.config, "final_logit_softcapping", None):
@@ -120,14 +140,20 @@ def answer_loss(model, input_ids, labels, position_ids=None, lengths=None, *, at
             lengths = [end - start for start, end in zip(starts, starts[1:])]
         if lengths is not None:
             sequences = {"cu_seq_lens_q": attention.sequence_offsets(lengths, input_ids.device),
-                         "max_length_q": max(lengths)}
-    hidden = lm.model(inputs_embeds=rows.embed(input_ids), position_ids=position_ids, attention_mask=attention_mask,
-                      use_cache=False, **sequences).last_hidden_state  # a cache would turn off the per-example masks
+                         "max_length_q": attention.length_bound(lengths)}
+    decoder_graphs = graphs.attached(lm)
+    if decoder_graphs is not None and torch.is_grad_enabled():
+        hidden = decoder_graphs(rows.embed(input_ids), position_ids, sequences["cu_seq_lens_q"],
+                                sequences["max_length_q"])
+    else:  # a cache would turn off the per-example masks
+        hidden = lm.model(inputs_embeds=rows.embed(input_ids), position_ids=position_ids,
+                          attention_mask=attention_mask, use_cache=False, **sequences).last_hidden_state
     # The positions that predict an answer token, by index: a boolean mask's backward is an index_put
     # that sorts, an index_select's backward a plain index_add.
     targets = labels[:, 1:].flatten()
-    predicting = (targets != IGNORE_INDEX).nonzero().squeeze(1)
-    hidden, targets = hidden[:, :-1].flatten(0, 1).index_select(0, predicting), targets[predicting]
+    if predicting is None:
+        predicting = (targets != IGNORE_INDEX).nonzero().squeeze(1)
+    hidden, targets = hidden[:, :-1].flatten(0, 1).index_select(0, predicting), targets.index_select(0, predicting)
     cross_entropy = compiled_cross_entropy if hidden.is_cuda and is_compiled(lm) else summed_cross_entropy
     if len(targets) <= chunk:
         return cross_entropy(rows.logits, hidden, targets) / len(targets)
@@ -142,20 +168,23 @@ def training_step(model, optimizer, scheduler, examples, trainable, max_grad_nor
     """One optimizer step on a batch of (input_ids, labels); returns (loss, real tokens). The benchmark
     in benchmarks/ calls this same function, so what it measures is what the workflow runs."""
     device = next(p.device for p in trainable)
-    input_ids, labels, position_ids, lengths = pack(examples, device)
+    decoder_graphs = graphs.attached(causal_lm(model))
+    # CUDA graphs replay fixed shapes: the row padded to a multiple of TOKEN_MULTIPLE, a fixed count of examples
+    shape = {"multiple": graphs.TOKEN_MULTIPLE, "slots": decoder_graphs.slots} if decoder_graphs else {}
+    input_ids, labels, position_ids, lengths, predicting = pack(examples, device, **shape)
     # bf16 products on GPU; a CPU computes in float32 (model.compute_dtype says why), its attention in
     # the math kernel: the fused CPU kernel's float32 backward is not reproducible from run to run. The
     # backward runs under it too: with gradient checkpointing the layers recompute their forward there.
     cuda = device.type == "cuda"
     with nullcontext() if cuda else sdpa_kernel(SDPBackend.MATH):
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cuda):
-            loss = answer_loss(model, input_ids, labels, position_ids, lengths)
+            loss = answer_loss(model, input_ids, labels, position_ids, lengths, predicting)
         if torch.isfinite(loss):  # a non-finite loss is reported by the caller, before any update
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
             optimizer.step()
             scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad(set_to_none=decoder_graphs is None)  # the graphs add into the same .grad tensors
     return loss.detach(), sum(len(ids) for ids, _ in examples)
 
 
@@ -183,6 +212,18 @@ def checkpoint_settings(method_name, model_dir, train_path, settings, training, 
         "dtype": dtype,
         "device": device.split(":")[0],
     }
+
+
+def graph_metrics(lm):
+    """How many padded row lengths the decoder's CUDA graphs were captured for, and what that cost (inside
+    train_seconds); None without graphs."""
+    decoder_graphs = graphs.attached(lm)
+    if decoder_graphs is None:
+        return None
+    seconds = decoder_graphs.capture_seconds
+    return {"row_lengths": len(seconds), "capture_seconds": sum(seconds),
+            # the first capture compiles the layers (as an eager first step would); the others only capture
+            "first_capture_seconds": seconds[0] if seconds else 0.0, "token_multiple": graphs.TOKEN_MULTIPLE}
 
 
 def train(method_name, model_dir, train_path, settings, training, out_dir, seed=0, dtype="bfloat16", device="auto",
@@ -287,6 +328,7 @@ def train(method_name, model_dir, train_path, settings, training, out_dir, seed=
         "epochs": training["epochs"],
         "steps": total_steps,
         "attention": lm.config._attn_implementation,  # the same for every method on one device
+        "cuda_graphs": graph_metrics(lm),
         "trainable_params": sum(p.numel() for p in trainable),
         "total_params": sum(p.numel() for p in model.parameters()),
         # The memory knobs: the same results, less memory, more time (the report says which method used them).

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-from peftbench import attention
+from peftbench import attention, graphs
 from peftbench.model import DTYPES, compute_dtype, load_model
 
 ParamGroups = namedtuple("ParamGroups", ["lora", "full_rank", "tokens"])
@@ -102,6 +102,10 @@ def build_trainable(method, model_dir, settings, training, tokenizer, device, dt
         tokens=[p for n, p in trained if "trainable_tokens" in n],
     )
     assert sum(map(len, groups)) == len(trained), "a trainable parameter belongs to no optimizer group"
+    if cuda and training.get("cuda_graphs") and causal_lm(model).config._attn_implementation == attention.NAME:
+        # Replayed graphs of the decoder need its attention to take the examples as offsets (no mask built
+        # per step, as flex attention's is); a row holds at most batch_size examples and the filler.
+        graphs.attach(causal_lm(model), slots=training["batch_size"] + 1)
     return model, groups
 
 
@@ -172,7 +176,7 @@ class TokenRows:
         if self.layer is not None:
             adapter = self.layer.active_adapters[0]
             self.delta = self.layer.trainable_tokens_delta[adapter]
-            self.index = torch.tensor(self.layer.token_indices[adapter], device=self.delta.device)
+            self.index = to_device(torch.tensor(self.layer.token_indices[adapter]), self.delta.device)
             self.weight = self.layer.base_layer.weight
             tied = getattr(lm.lm_head, "token_adapter", lm.lm_head)
             self.tied_head = getattr(tied, "base_layer", tied).weight is self.weight
@@ -195,6 +199,13 @@ class TokenRows:
         logits = torch.nn.functional.linear(hidden, self.weight)
         logits[..., self.index] = torch.nn.functional.linear(hidden, self.delta.to(hidden.dtype)).to(logits.dtype)
         return logits
+
+
+def to_device(tensor, device):
+    """A CPU tensor on `device`; to a GPU from pinned memory, without making the CPU wait for the GPU's queue."""
+    if torch.device(device).type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def causal_lm(model):

@@ -1,0 +1,134 @@
+"""CUDA graphs of the decoder (peftbench.graphs): rows padded to fixed shapes compute what unpadded rows
+compute (on any machine), and replayed graphs compute what the eager decoder computes (on a GPU only:
+`python -m pytest tests/test_graphs.py` there, which scripts/offline_gpu_bundle.sh makes possible)."""
+import importlib.util
+
+import pytest
+import torch
+from test_attention import reference_varlen
+from test_methods import CONVERSATIONS, SETTINGS, TRAINING
+
+from peftbench import attention, graphs
+from peftbench.chat import IGNORE_INDEX, encode_chat
+from peftbench.methods import METHODS
+from peftbench.model import load_model
+from peftbench.train import answer_loss, pack, training_step
+from peftbench.trainable import build_trainable, causal_lm
+
+MULTIPLE, SLOTS = 32, 5  # small enough that the tiny examples meet several padded lengths
+
+
+@pytest.fixture()
+def examples(tokenizer):
+    return [encode_chat(tokenizer, c) for c in CONVERSATIONS]
+
+
+def test_pack_pads_rows_to_fixed_shapes(examples):
+    input_ids, labels, position_ids, lengths, predicting = pack(examples, "cpu", multiple=MULTIPLE, slots=SLOTS)
+    real = sum(len(ids) for ids, _ in examples)
+    assert input_ids.shape[1] % MULTIPLE == 0 and 0 <= input_ids.shape[1] - real < MULTIPLE
+    assert len(lengths) == SLOTS and sum(lengths) == input_ids.shape[1]
+    assert lengths[: len(examples)] == tuple(len(ids) for ids, _ in examples)
+    assert lengths[len(examples) + 1:] == (0,) * (SLOTS - len(examples) - 1)  # the empty slots
+    assert (labels[0, real:] == IGNORE_INDEX).all()  # the filler is outside the loss
+    assert (position_ids[0, real:] == torch.arange(input_ids.shape[1] - real)).all()
+    assert predicting.tolist() == (labels[0, 1:] != IGNORE_INDEX).nonzero().flatten().tolist()
+    # one example fewer: the same shapes whenever the tokens round up alike
+    shorter = pack(examples[:-1] + [examples[0]], "cpu", multiple=4096, slots=SLOTS)
+    assert shorter[0].shape == (1, 4096) and len(shorter[3]) == SLOTS
+    with pytest.raises(ValueError, match="at most 4 examples"):
+        pack(examples * 2, "cpu", multiple=MULTIPLE, slots=SLOTS)
+
+
+def loss_and_grads(model, *batch):
+    loss = answer_loss(model, *batch)
+    weights = [p for n, p in model.named_parameters() if n.endswith(("q_proj.weight", "down_proj.weight"))]
+    return loss.detach(), torch.autograd.grad(loss, weights)
+
+
+@pytest.mark.parametrize("kernel", ["sdpa", attention.NAME])
+def test_a_padded_row_computes_what_the_unpadded_row_computes(monkeypatch, model_dir, examples, kernel):
+    if kernel == attention.NAME:  # FlashAttention's offsets, with the filler and the empty slots
+        monkeypatch.setattr(attention, "varlen_kernel", reference_varlen)
+        attention.register()
+    model = load_model(model_dir, "float32", "cpu", attention=kernel)
+    expected = loss_and_grads(model, *pack(examples, "cpu"))
+    got = loss_and_grads(model, *pack(examples, "cpu", multiple=MULTIPLE, slots=SLOTS))
+    torch.testing.assert_close(got[0], expected[0], rtol=1e-6, atol=1e-6)
+    for a, b in zip(got[1], expected[1]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- on a GPU
+
+needs_gpu = pytest.mark.skipif(not attention.supported("cuda"), reason="CUDA graphs of FlashAttention need a GPU")
+GPU_CASES = [("lora", False), ("qlora", False), ("galore", False), ("hybrid", False), ("lora", True)]
+
+
+def gpu_build(method, model_dir, tokenizer, cuda_graphs, compile_layers):
+    if METHODS[method].quantization(SETTINGS[method]) is not None and importlib.util.find_spec("bitsandbytes") is None:
+        pytest.skip("bitsandbytes is not installed")
+    # GaLore also checkpoints its first layer: the recomputed forward is captured in the backward graph.
+    training = dict(TRAINING, compile=compile_layers, cuda_graphs=cuda_graphs, batch_size=SLOTS - 1,
+                    checkpoint_layers={"galore": 1})
+    torch.manual_seed(0)
+    model, groups = build_trainable(METHODS[method], model_dir, SETTINGS[method], training, tokenizer, "cuda")
+    model.train()
+    return model, [p for group in groups for p in group], groups
+
+
+@needs_gpu
+@pytest.mark.parametrize("method,compile_layers", GPU_CASES)
+def test_replayed_graphs_compute_the_eager_gradients(model_dir, tokenizer, examples, method, compile_layers):
+    eager, eager_trained, _ = gpu_build(method, model_dir, tokenizer, False, compile_layers)
+    graphed, graphed_trained, _ = gpu_build(method, model_dir, tokenizer, True, compile_layers)
+    decoder_graphs = graphs.attached(causal_lm(graphed))
+    assert decoder_graphs is not None and graphs.attached(causal_lm(eager)) is None
+    reordered = [examples[1], examples[0], examples[2]]  # the same padded length as `examples`, other data
+    for batch in (examples, examples[:1], reordered):
+        packed = pack(batch, "cuda", multiple=MULTIPLE, slots=SLOTS)
+        results = []
+        for model, trained in ((eager, eager_trained), (graphed, graphed_trained)):
+            for p in trained:  # zeroed in place: the graphs add into these tensors
+                p.grad = torch.zeros_like(p) if p.grad is None else p.grad.zero_()
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = answer_loss(model, *packed)
+            loss.backward()
+            results.append((loss.detach(), [p.grad.clone() for p in trained]))
+        (eager_loss, eager_grads), (graphed_loss, graphed_grads) = results
+        torch.testing.assert_close(graphed_loss, eager_loss, rtol=1e-3, atol=1e-3)
+        for a, b in zip(graphed_grads, eager_grads):
+            torch.testing.assert_close(a, b, rtol=2e-2, atol=1e-3)
+        assert any(g.abs().sum() > 0 for g in graphed_grads)
+    assert len(decoder_graphs.captures) == 2  # `reordered` replayed the graphs captured for `examples`
+
+
+@needs_gpu
+@pytest.mark.parametrize("method", ["lora", "galore"])
+def test_training_steps_with_graphs_follow_the_eager_steps(model_dir, tokenizer, examples, method):
+    """The optimizer updates the weights in place between replays, and the graphs read the new values."""
+    runs = []
+    for cuda_graphs in (False, True):
+        model, trained, groups = gpu_build(method, model_dir, tokenizer, cuda_graphs, False)
+        optimizer = METHODS[method].optimizer(groups, SETTINGS[method], TRAINING)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        losses = [training_step(model, optimizer, scheduler, batch, trained, 1.0)[0].float()
+                  for batch in (examples, examples[:1], examples, examples[:1])]
+        runs.append((torch.stack(losses), [p.detach().float().clone() for p in trained]))
+    (eager_losses, eager_weights), (graphed_losses, graphed_weights) = runs
+    assert eager_losses[2] < eager_losses[0]  # it learns
+    torch.testing.assert_close(graphed_losses, eager_losses, rtol=2e-2, atol=2e-2)
+    for a, b in zip(graphed_weights, eager_weights):
+        torch.testing.assert_close(a, b, rtol=5e-2, atol=5e-3)
+
+
+@needs_gpu
+def test_graphs_refuse_gradients_set_to_none(model_dir, tokenizer, examples):
+    model, trained, _ = gpu_build("lora", model_dir, tokenizer, True, False)
+    packed = pack(examples, "cuda", multiple=MULTIPLE, slots=SLOTS)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        answer_loss(model, *packed).backward()
+    for p in trained:
+        p.grad = None
+    with pytest.raises(RuntimeError, match="set_to_none=False"), torch.autocast("cuda", dtype=torch.bfloat16):
+        answer_loss(model, *packed)
