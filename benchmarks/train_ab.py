@@ -8,8 +8,8 @@ alike, and each variant's median pass is compared with the first variant's.
 
 Variants are written as for train_variants.py. Only knobs that can differ between the models or the passes
 of one process are taken: loss_chunk, skip_guards and gc_off (set for each pass), gradient_checkpointing,
-checkpoint_layers, recompute and attention (each model's own); the others change the compiler for the whole
-process.
+checkpoint_layers, recompute, attention and cuda_graphs (each model's own); the others change the compiler
+for the whole process.
 
   python benchmarks/train_ab.py --tokenizer DIR --rounds 5 lora lora:skip_guards=1
   python benchmarks/train_ab.py --tiny --steps 2 --rounds 2 --out /tmp/ab lora lora:loss_chunk=16   # CPU smoke

@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT / "src"))
 from peftbench.chat import IGNORE_INDEX  # noqa: E402
 from peftbench.methods import METHODS  # noqa: E402
 from peftbench.model import load_model, prepare_model  # noqa: E402
-from peftbench.train import batch_order, training_step  # noqa: E402
-from peftbench.trainable import build_trainable  # noqa: E402
+from peftbench.train import batch_order, graph_metrics, training_step  # noqa: E402
+from peftbench.trainable import build_trainable, causal_lm  # noqa: E402
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 MIX = [(150, 0.6), (450, 0.9), (1100, 0.5)]  # (median tokens, lognormal sigma) per source
@@ -176,6 +176,17 @@ def free_memory():
         torch.cuda.empty_cache()
 
 
+def study_row_lengths(max_length, vocab_size, batch_size):
+    """The padded row lengths (graphs.TOKEN_MULTIPLE) that a study of STUDY_EXAMPLES synthetic examples
+    meets over its epochs, batched as the workflow batches: the CUDA graphs it captures, once each."""
+    from peftbench.graphs import TOKEN_MULTIPLE
+
+    lengths = [len(ids) for ids, _ in synthetic_examples(STUDY_EXAMPLES, max_length, vocab_size, seed=1)]
+    rows = {-(-sum(lengths[i] for i in batch) // TOKEN_MULTIPLE) * TOKEN_MULTIPLE
+            for epoch in range(STUDY_EPOCHS) for batch in batch_order(lengths, batch_size, epoch, 0)}
+    return len(rows)
+
+
 def model_flops_per_token(config, mean_length):
     """6 N + 12 L H Dh T (PaLM's model FLOPs): N counts every matmul weight including the output layer."""
     d, f, L = config.hidden_size, config.intermediate_size, config.num_hidden_layers
@@ -215,6 +226,7 @@ def main(argv=None):
     # peftbench's path batches the same examples as the workflow does: length-grouped, same batch size.
     grouped = [[examples[i] for i in b] for b in batch_order([len(ids) for ids, _ in examples], args.batch_size, 0, 0)]
     mean_length = sum(len(ids) for ids, _ in examples) / len(examples)
+    study_rows = study_row_lengths(args.max_length, model_config.vocab_size, args.batch_size)
     flops_per_token = model_flops_per_token(model_config, mean_length)
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     peak_flops = HOPPER_BF16_PEAK if "H100" in gpu or "H200" in gpu else None
@@ -238,6 +250,7 @@ def main(argv=None):
             model, optimizer, scheduler, trainable = peftbench_path(method, model_dir, settings, training, tokenizer)
             results[method][path] = measure(
                 lambda b: training_step(model, optimizer, scheduler, b, trainable, 1.0), grouped, args.passes)
+            results[method][path]["cuda_graphs"] = graph_metrics(causal_lm(model))  # captured in the warm-up pass
             del model, optimizer, scheduler, trainable
             torch._dynamo.reset()
             free_memory()
@@ -252,7 +265,8 @@ def main(argv=None):
         results[method]["study_hours"] = {k: study_tokens / results[method][k]["tokens_per_s"] / 3600
                                           for k in ["plain", *paths]}
         print(method, json.dumps(results[method]), flush=True)
-        write_report(args, argv, gpu, mean_length, flops_per_token, results)  # after each method: a cut run keeps it
+        # after each method: a cut run keeps what it measured
+        write_report(args, argv, gpu, mean_length, flops_per_token, results, study_rows)
 
 
 def host_cpu():
@@ -264,7 +278,7 @@ def host_cpu():
         return platform.processor() or "unknown"
 
 
-def write_report(args, argv, gpu, mean_length, flops_per_token, results):
+def write_report(args, argv, gpu, mean_length, flops_per_token, results, study_rows):
     command = "python benchmarks/train_speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
     report = {
         "gpu": gpu,
@@ -274,6 +288,7 @@ def write_report(args, argv, gpu, mean_length, flops_per_token, results):
         "warmup": "one untimed pass over the same batches", "tokens_per_s": "the median timed pass",
         "cpu": host_cpu(),
         "mean_tokens_per_example": mean_length, "model_flops_per_token": flops_per_token,
+        "study_padded_row_lengths": study_rows,
         "versions": {name: version(name) for name in ("torch", "transformers", "peft", "bitsandbytes", "galore-torch")},
         "python": platform.python_version(),
         "methods": results,
@@ -291,8 +306,16 @@ def write_report(args, argv, gpu, mean_length, flops_per_token, results):
             lines.append(f"| {method} | {path} | {m['tokens_per_s']:,.0f} | {m.get('peak_alloc_gb', float('nan')):.1f} | "
                          f"{m.get('peak_reserved_gb', float('nan')):.1f} | {mfu} | {r['study_hours'][path]:.2f} |")
     lines += ["", "Study time: 15,000 examples x 2 epochs at the measured tokens/s "
-              f"(mean {mean_length:.0f} tokens per example).", "",
-              "| method | speed-up (target >= 3x) | peak memory ratio (target <= 0.33) |", "|---|---|---|"]
+              f"(mean {mean_length:.0f} tokens per example).", ""]
+    graphed = {m: r["peftbench"]["cuda_graphs"] for m, r in results.items() if r["peftbench"].get("cuda_graphs")}
+    if graphed:
+        per_capture = {m: g["capture_seconds"] / g["row_lengths"] for m, g in graphed.items()}
+        lines += ["CUDA graphs: peftbench's path captured the decoder once per padded row length, in the untimed "
+                  "warm-up pass (" + ", ".join(f"{m} {g['row_lengths']} lengths, {per_capture[m]:.2f} s each"
+                                              for m, g in graphed.items()) + f"). A study meets {study_rows} "
+                  "lengths: its captures would add " + ", ".join(f"{m} {study_rows * t:.0f} s" for m, t in
+                                                                 per_capture.items()) + " to the study time.", ""]
+    lines += ["| method | speed-up (target >= 3x) | peak memory ratio (target <= 0.33) |", "|---|---|---|"]
     for method, r in results.items():
         ratio = r.get("memory_ratio")
         lines.append(f"| {method} | {r['speedup']:.2f}x | {'' if ratio is None else f'{ratio:.2f}'} |")

@@ -13,6 +13,7 @@ A variant is a method plus knobs, e.g. `galore`, `galore:loss_chunk=256`, `lora:
   gc_off=1                   after the warm-up pass, Python's cyclic garbage collector is off (gc.disable)
   attention=NAME             the decoder's attention instead of trainable.training_attention's choice
                              (flex_attention, or peftbench_varlen: FlashAttention over the packed examples)
+  cuda_graphs=0|1            training.cuda_graphs: the decoder's forward and backward replayed as CUDA graphs
 Each variant runs in its own Python process, so a compiler crash loses only that variant. Only peftbench's
 path is measured (train_speed.py measures it against the plain recipe), on train_speed.py's synthetic
 batches: one untimed pass, three timed passes (the median kept). Then, on the longest batch, the memory
@@ -36,15 +37,16 @@ import torch
 import yaml
 
 import train_speed
-from peftbench import attention
+from peftbench import attention, graphs
 from peftbench import train as train_module
 from peftbench import trainable as trainable_module
 from peftbench.methods import METHODS
 from peftbench.train import answer_loss, batch_order, pack, training_step
+from peftbench.trainable import causal_lm
 
 KNOBS = {"loss_chunk": int, "cpp_wrapper": bool, "gradient_checkpointing": bool, "recompute": bool,
          "checkpoint_layers": int, "act_budget": float, "combo_kernels": bool, "skip_guards": bool,
-         "gc_off": bool, "attention": str}
+         "gc_off": bool, "attention": str, "cuda_graphs": bool}
 
 
 def parse_variant(text):
@@ -65,13 +67,17 @@ def gb(value):
 
 
 def phase_memory(model, optimizer, scheduler, batch, trainable):
-    """One training step split where training_step's phases end, with CUDA memory after each."""
+    """One training step split where training_step's phases end, with CUDA memory after each. With CUDA
+    graphs (cuda_graphs=1) the decoder's activations live in the graphs' pool, which the allocator counts
+    only while capturing: these phases then show the eager parts, and peak_reserved_gb the whole."""
     device = trainable[0].device
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     phases = {"before_step_gb": gb(torch.cuda.memory_allocated())}
+    decoder_graphs = graphs.attached(causal_lm(model))  # graphs take rows padded as training_step pads them
+    shape = {"multiple": graphs.TOKEN_MULTIPLE, "slots": decoder_graphs.slots} if decoder_graphs else {}
     with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
-        loss = answer_loss(model, *pack(batch, device))
+        loss = answer_loss(model, *pack(batch, device, **shape))
     phases.update(after_forward_gb=gb(torch.cuda.memory_allocated()), forward_peak_gb=gb(torch.cuda.max_memory_allocated()))
     torch.cuda.reset_peak_memory_stats()
     loss.backward()
@@ -81,7 +87,7 @@ def phase_memory(model, optimizer, scheduler, batch, trainable):
     torch.nn.utils.clip_grad_norm_(trainable, 1.0)
     optimizer.step()
     scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad(set_to_none=decoder_graphs is None)
     phases["optimizer_peak_gb"] = gb(torch.cuda.max_memory_allocated())
     phases["tokens"] = sum(len(ids) for ids, _ in batch)
     return phases
@@ -108,6 +114,8 @@ def build_variant(config, method, knobs, model_dir, tokenizer, tiny):
         training["checkpoint_layers"] = {method: knobs["checkpoint_layers"]}
     if knobs.get("recompute"):
         training["recompute_elementwise"] = [method]
+    if "cuda_graphs" in knobs:
+        training["cuda_graphs"] = knobs["cuda_graphs"]
     settings = dict(config["method_settings"][method])
     if tiny and "rank" in settings:
         settings["rank"] = 8

