@@ -31,6 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from peftbench import graphs  # noqa: E402
 from peftbench.chat import IGNORE_INDEX  # noqa: E402
 from peftbench.methods import METHODS  # noqa: E402
 from peftbench.model import load_model, prepare_model  # noqa: E402
@@ -135,7 +136,7 @@ def measure(step, batches, passes=3):
     seven seconds, so one alone is at the mercy of the host), every pass's, and the peak memory."""
     cuda = torch.cuda.is_available()
     if cuda:
-        torch.cuda.reset_peak_memory_stats()
+        graphs.reset_peak_memory_stats()
     for batch in batches:
         step(batch)
     rates = []
@@ -154,8 +155,9 @@ def measure(step, batches, passes=3):
     result = {"tokens_per_s": median, "tokens_per_s_passes": rates, "tokens": tokens,
               "final_loss": float(losses[-1])}
     if cuda:
-        result.update(peak_alloc_gb=torch.cuda.max_memory_allocated() / 1e9,
-                      peak_reserved_gb=torch.cuda.max_memory_reserved() / 1e9)
+        # counting the activations that CUDA graphs hold for backward (torch counts them only while capturing)
+        result.update(peak_alloc_gb=graphs.max_memory_allocated() / 1e9,
+                      peak_reserved_gb=graphs.max_memory_reserved() / 1e9)
     return result
 
 

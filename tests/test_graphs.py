@@ -132,3 +132,21 @@ def test_graphs_refuse_gradients_set_to_none(model_dir, tokenizer, examples):
         p.grad = None
     with pytest.raises(RuntimeError, match="set_to_none=False"), torch.autocast("cuda", dtype=torch.bfloat16):
         answer_loss(model, *packed)
+
+
+def test_peak_memory_adds_back_what_a_forward_graph_holds(monkeypatch):
+    """A replay allocates nothing, so torch sees a forward graph's activations only while capturing: the
+    peak outside captures gets the most any forward graph holds added back (an upper bound)."""
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: 10)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda: 30)
+    decoder_graphs = object.__new__(graphs.DecoderGraphs)  # its arithmetic only: no GPU to capture on
+    decoder_graphs.reset_peaks()
+    decoder_graphs.held_bytes = 7
+    decoder_graphs.outside = {"allocated": 12, "reserved": 25}  # folded in before a capture reset torch's
+    decoder_graphs.in_captures = {"allocated": 15, "reserved": 28}
+    assert decoder_graphs.peak("allocated") == 15  # nothing replayed yet: the captures' peak
+    decoder_graphs.replayed = True
+    assert decoder_graphs.peak("allocated") == 12 + 7  # a loss's peak while its activations are held
+    assert decoder_graphs.peak("reserved") == 30  # the pool is reserved memory, which torch counts
+    decoder_graphs.reset_peaks()
+    assert decoder_graphs.peak("allocated") == 10 and not decoder_graphs.replayed

@@ -114,7 +114,7 @@ def test_train_metrics_are_complete(finished_run):
         metrics = json.loads((results / run / "trained" / "train_metrics.json").read_text())
         assert metrics["steps"] == 6 and len(metrics["loss"]) == 6  # 24 examples, batch 4, 1 epoch
         assert metrics["train_seconds"] > 0 and metrics["tokens_per_s"] > 0 and metrics["peak_memory_gb"] > 0
-        # config.yaml checkpoints GaLore's first 6 layers (all 2 of the tiny model's) and recomputes elementwise
+        # config.yaml checkpoints GaLore's first 8 layers (all 2 of the tiny model's) and recomputes elementwise
         assert metrics["checkpointed_layers"] == (2 if run.startswith("galore/") else 0)
         assert metrics["recompute_elementwise"] == run.startswith("galore/")
         assert metrics["attention"] == "sdpa"  # a CPU; a GPU packs with FlashAttention (test_attention.py)

@@ -20,8 +20,12 @@ Rules the graphs rely on:
 - The first capture follows one eager forward and backward (the input's gradient only) that compiles and
   initializes everything; later lengths capture directly, so no eager pass doubles the pool's memory,
   unless a compiled layer would recompile for that length (then it warms up first; see record).
+
+Peak memory: a replay allocates nothing, so torch counts the activations that a forward graph keeps for
+its backward only while capturing. max_memory_allocated() below adds them back (memory_note says how).
 """
 import time
+import weakref
 
 import torch
 
@@ -70,6 +74,12 @@ class DecoderGraphs:
         self.capture_seconds = []  # per length, warm-up included (the first also compiles the layers)
         self.pool = torch.cuda.graph_pool_handle()
         self.warmed_up = False
+        # Memory: the most a forward graph holds for its backward; torch's peaks folded in before each
+        # capture resets them (outside captures: everything but the held activations); peaks in captures.
+        self.held_bytes, self.outside = 0, {"allocated": 0, "reserved": 0}
+        self.in_captures = {"allocated": 0, "reserved": 0}
+        self.replayed = False  # since the last reset: only then do its held activations count
+        _LIVE.add(self)
 
     def decoder(self, capture):
         with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):  # a cache would outlive capture
@@ -89,8 +99,10 @@ class DecoderGraphs:
         # again; then any layer that still cannot use a compiled version (Dynamo's recompile limit) runs
         # eagerly in the graph (eager_on_recompile).
         with torch.compiler.set_stance(stance):
+            before = torch.cuda.memory_allocated()
             with torch.cuda.graph(capture.forward, pool=self.pool):
                 capture.hidden = self.decoder(capture)
+            self.held_bytes = max(self.held_bytes, torch.cuda.memory_allocated() - before)
             capture.grad_hidden = torch.empty_like(capture.hidden)
             with torch.cuda.graph(capture.backward, pool=self.pool):
                 capture.embeds.grad.zero_()
@@ -127,11 +139,53 @@ class DecoderGraphs:
         capture = self.captures.get(key)
         if capture is None:
             start = time.perf_counter()
+            self.fold_peaks(self.outside)
             capture = self.captures[key] = self.capture(embeds, position_ids, offsets, longest)
+            self.fold_peaks(self.in_captures)
             self.capture_seconds.append(time.perf_counter() - start)
         capture.position_ids.copy_(position_ids)
         capture.offsets.copy_(offsets)
+        self.replayed = True
         return _Replay.apply(embeds, capture)
+
+
+    def fold_peaks(self, into):
+        """Fold torch's peaks since the last reset into `into`, and reset them."""
+        into["allocated"] = max(into["allocated"], torch.cuda.max_memory_allocated())
+        into["reserved"] = max(into["reserved"], torch.cuda.max_memory_reserved())
+        torch.cuda.reset_peak_memory_stats()
+
+    def peak(self, kind):
+        """Peak bytes (kind "allocated" or "reserved") since reset_peak_memory_stats, counting the graphs' pool.
+        Allocated outside captures is an upper bound: the peak of everything else plus the most any forward
+        graph holds, as if they coincided (they do on the longest batch, whose loss peaks while its
+        activations are held). The pool's reserved memory is counted by torch as it is."""
+        outside = max(self.outside[kind], getattr(torch.cuda, f"max_memory_{kind}")())
+        held = self.held_bytes if kind == "allocated" and self.replayed else 0
+        return max(self.in_captures[kind], outside + held)
+
+    def reset_peaks(self):
+        self.outside = {"allocated": 0, "reserved": 0}
+        self.in_captures = {"allocated": 0, "reserved": 0}
+        self.replayed = False
+
+
+_LIVE = weakref.WeakSet()  # the graphs alive in this process, for the memory functions below
+
+
+def max_memory_allocated():
+    """torch.cuda.max_memory_allocated(), with the activations that CUDA graphs hold counted (DecoderGraphs.peak)."""
+    return max([torch.cuda.max_memory_allocated()] + [graphs.peak("allocated") for graphs in _LIVE])
+
+
+def max_memory_reserved():
+    return max([torch.cuda.max_memory_reserved()] + [graphs.peak("reserved") for graphs in _LIVE])
+
+
+def reset_peak_memory_stats():
+    torch.cuda.reset_peak_memory_stats()
+    for graphs in _LIVE:
+        graphs.reset_peaks()
 
 
 ATTRIBUTE = "peftbench_decoder_graphs"

@@ -191,8 +191,9 @@ def training_step(model, optimizer, scheduler, examples, trainable, max_grad_nor
 def peak_memory(device):
     if device.startswith("cuda"):
         return {
-            "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9,
-            "peak_reserved_gb": torch.cuda.max_memory_reserved() / 1e9,
+            # with the activations that CUDA graphs hold for backward, which torch counts only while capturing
+            "peak_memory_gb": graphs.max_memory_allocated() / 1e9,
+            "peak_reserved_gb": graphs.max_memory_reserved() / 1e9,
             "memory_kind": "CUDA max allocated",
         }
     return {"peak_memory_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, "memory_kind": "CPU peak RSS"}
@@ -222,6 +223,7 @@ def graph_metrics(lm):
         return None
     seconds = decoder_graphs.capture_seconds
     return {"row_lengths": len(seconds), "capture_seconds": sum(seconds),
+            "held_gb": decoder_graphs.held_bytes / 1e9,  # the most activations a forward graph keeps for backward
             # the first capture compiles the layers (as an eager first step would); the others only capture
             "first_capture_seconds": seconds[0] if seconds else 0.0, "token_multiple": graphs.TOKEN_MULTIPLE}
 
@@ -268,7 +270,7 @@ def train(method_name, model_dir, train_path, settings, training, out_dir, seed=
         checkpoints.save(step, named_trainable, optimizer, scheduler, progress_state)
 
     if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
+        graphs.reset_peak_memory_stats()
     # Earlier runs' time is read once: save_checkpoint writes the running total back into progress_state.
     earlier_seconds, start, checkpoint_seconds = progress_state["train_seconds"], time.perf_counter(), 0.0
 
