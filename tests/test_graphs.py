@@ -115,6 +115,7 @@ def test_training_steps_with_graphs_follow_the_eager_steps(model_dir, tokenizer,
         losses = [training_step(model, optimizer, scheduler, batch, trained, 1.0)[0].float()
                   for batch in (examples, examples[:1], examples, examples[:1])]
         runs.append((torch.stack(losses), [p.detach().float().clone() for p in trained]))
+        assert all(loss.device.type == "cpu" for loss in losses)  # read after the forward: no wait later
     (eager_losses, eager_weights), (graphed_losses, graphed_weights) = runs
     assert eager_losses[2] < eager_losses[0]  # it learns
     torch.testing.assert_close(graphed_losses, eager_losses, rtol=2e-2, atol=2e-2)

@@ -165,8 +165,10 @@ def answer_loss(model, input_ids, labels, position_ids=None, lengths=None, predi
 
 
 def training_step(model, optimizer, scheduler, examples, trainable, max_grad_norm):
-    """One optimizer step on a batch of (input_ids, labels); returns (loss, real tokens). The benchmark
-    in benchmarks/ calls this same function, so what it measures is what the workflow runs."""
+    """One optimizer step on a batch of (input_ids, labels); returns (loss, real tokens), the loss as a CPU
+    scalar: read when the forward is done, so that reading it later does not wait for the backward and the
+    optimizer, and the CPU prepares the next step while the GPU finishes this one. The benchmark in
+    benchmarks/ calls this same function, so what it measures is what the workflow runs."""
     device = next(p.device for p in trainable)
     decoder_graphs = graphs.attached(causal_lm(model))
     # CUDA graphs replay fixed shapes: the row padded to a multiple of TOKEN_MULTIPLE, a fixed count of examples
@@ -179,13 +181,14 @@ def training_step(model, optimizer, scheduler, examples, trainable, max_grad_nor
     with nullcontext() if cuda else sdpa_kernel(SDPBackend.MATH):
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cuda):
             loss = answer_loss(model, input_ids, labels, position_ids, lengths, predicting)
-        if torch.isfinite(loss):  # a non-finite loss is reported by the caller, before any update
+        loss_value = loss.detach().cpu()  # waits for the forward only: nothing else is queued yet
+        if torch.isfinite(loss_value):  # a non-finite loss is reported by the caller, before any update
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
             optimizer.step()
             scheduler.step()
     optimizer.zero_grad(set_to_none=decoder_graphs is None)  # the graphs add into the same .grad tensors
-    return loss.detach(), sum(len(ids) for ids, _ in examples)
+    return loss_value, sum(len(ids) for ids, _ in examples)
 
 
 def peak_memory(device):
