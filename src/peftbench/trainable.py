@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from peftbench import attention, graphs
-from peftbench.model import DTYPES, compute_dtype, load_model
+from peftbench.model import DTYPES, compute_dtype, load_model, to_device
 
 ParamGroups = namedtuple("ParamGroups", ["lora", "full_rank", "tokens"])
 ADAPTER_DIR = "adapter"
@@ -199,13 +199,6 @@ class TokenRows:
         logits = torch.nn.functional.linear(hidden, self.weight)
         logits[..., self.index] = torch.nn.functional.linear(hidden, self.delta.to(hidden.dtype)).to(logits.dtype)
         return logits
-
-
-def to_device(tensor, device):
-    """A CPU tensor on `device`; to a GPU from pinned memory, without making the CPU wait for the GPU's queue."""
-    if torch.device(device).type == "cuda":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
 
 
 def causal_lm(model):
