@@ -4,7 +4,7 @@ A variant is a method plus knobs, e.g. `galore`, `galore:loss_chunk=256`, `lora:
   loss_chunk=N               answer positions per output-layer chunk (peftbench.train.LOSS_CHUNK)
   cpp_wrapper=1              Inductor's C++ wrapper for compiled code (fewer CPU cycles per kernel launch)
   gradient_checkpointing=1   training.gradient_checkpointing
-  recompute=1                training.recompute_elementwise for the method (selective recomputation)
+  recompute=0|1              training.recompute_elementwise for the method (selective recomputation)
   checkpoint_layers=N        training.checkpoint_layers for the method: its first N layers checkpointed
   act_budget=F               torch._functorch.config.activation_memory_budget (1.0: Inductor's default)
   combo_kernels=1            Inductor's combo kernels (independent small kernels launched as one)
@@ -14,6 +14,8 @@ A variant is a method plus knobs, e.g. `galore`, `galore:loss_chunk=256`, `lora:
   attention=NAME             the decoder's attention instead of trainable.training_attention's choice
                              (flex_attention, or peftbench_varlen: FlashAttention over the packed examples)
   cuda_graphs=0|1            training.cuda_graphs: the decoder's forward and backward replayed as CUDA graphs
+  fp32_weights=1             full-rank weights held in float32 and cast by autocast, as before the GaLore
+                             optimizer kept float32 masters of bf16 weights
 Each variant runs in its own Python process, so a compiler crash loses only that variant. Only peftbench's
 path is measured (train_speed.py measures it against the plain recipe), on train_speed.py's synthetic
 batches: one untimed pass, three timed passes (the median kept). Then, on the longest batch, the memory
@@ -46,7 +48,7 @@ from peftbench.trainable import causal_lm
 
 KNOBS = {"loss_chunk": int, "cpp_wrapper": bool, "gradient_checkpointing": bool, "recompute": bool,
          "checkpoint_layers": int, "act_budget": float, "combo_kernels": bool, "skip_guards": bool,
-         "gc_off": bool, "attention": str, "cuda_graphs": bool}
+         "gc_off": bool, "attention": str, "cuda_graphs": bool, "fp32_weights": bool}
 
 
 def parse_variant(text):
@@ -112,8 +114,8 @@ def build_variant(config, method, knobs, model_dir, tokenizer, tiny):
         training["gradient_checkpointing"] = knobs["gradient_checkpointing"]
     if "checkpoint_layers" in knobs:
         training["checkpoint_layers"] = {method: knobs["checkpoint_layers"]}
-    if knobs.get("recompute"):
-        training["recompute_elementwise"] = [method]
+    if "recompute" in knobs:  # recompute=0 switches off what config.yaml switches on
+        training["recompute_elementwise"] = [method] if knobs["recompute"] else []
     if "cuda_graphs" in knobs:
         training["cuda_graphs"] = knobs["cuda_graphs"]
     settings = dict(config["method_settings"][method])
@@ -123,7 +125,12 @@ def build_variant(config, method, knobs, model_dir, tokenizer, tiny):
         attention.register()
     choice = (lambda device: knobs["attention"]) if "attention" in knobs else trainable_module.training_attention
     with mock.patch.object(trainable_module, "training_attention", choice):
-        return train_speed.peftbench_path(method, model_dir, settings, training, tokenizer)
+        model, optimizer, scheduler, trainable = train_speed.peftbench_path(
+            method, model_dir, settings, training, tokenizer)
+    if knobs.get("fp32_weights"):
+        for p in trainable:  # before the first step: no graph, compiled code or optimizer state has seen them
+            p.data = p.data.float()
+    return model, optimizer, scheduler, trainable
 
 
 def run_one(args, text):
@@ -198,7 +205,8 @@ def main(argv=None):
             done = subprocess.run(child, capture_output=True, text=True, timeout=args.timeout)
             lines = done.stdout.strip().splitlines()
             result = json.loads(lines[-1]) if done.returncode == 0 and lines else {
-                "variant": variant, "error": f"exit {done.returncode}: {done.stderr.strip().splitlines()[-1:]}"}
+                "variant": variant, "error": f"exit {done.returncode}",
+                "stderr_tail": [line for line in done.stderr.strip().splitlines() if "Warning" not in line][-25:]}
         except subprocess.TimeoutExpired:
             result = {"variant": variant, "error": f"timed out after {args.timeout} s"}
         print(json.dumps(result), flush=True)

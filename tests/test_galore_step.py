@@ -60,3 +60,65 @@ def test_fast_galore_step_leaves_tf32_as_it_found_it():
     before = torch.backends.cuda.matmul.allow_tf32
     optimizer.step()
     assert torch.backends.cuda.matmul.allow_tf32 == before
+
+
+def test_bf16_weights_follow_their_float32_masters():
+    """A bf16 weight (a GPU's) trains through a float32 master in the optimizer's state: given the same
+    gradients, the master follows exactly the float32 weight's trajectory, and the weight is the master
+    rounded to bf16. A checkpoint brings the master and moments back in float32."""
+    from peftbench.checkpoint import load_optimizer, optimizer_to_safe
+
+    torch.manual_seed(0)
+    start = [torch.randn(shape) for shape in SHAPES]
+    start_extra = [torch.randn(2, 8)]
+    # gradients a bf16 backward could give: bf16 values, the same for both runs
+    gradients = [[torch.randn(w.shape).bfloat16() for w in start + start_extra] for _ in range(STEPS)]
+
+    def train(dtype):
+        weights = [torch.nn.Parameter(w.to(dtype, copy=True)) for w in start]
+        extra = [torch.nn.Parameter(w.to(dtype, copy=True)) for w in start_extra]
+        optimizer = galore_adamw(groups(weights, extra, 0.1))
+        for step_gradients in gradients:
+            for p, g in zip(weights + extra, step_gradients):
+                p.grad = g.to(dtype)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return weights + extra, optimizer
+
+    # the float32 run starts from the bf16-rounded weights, as the master does
+    start = [w.bfloat16().float() for w in start]
+    start_extra = [w.bfloat16().float() for w in start_extra]
+    reference, _ = train(torch.float32)
+    weights, optimizer = train(torch.bfloat16)
+    for r, w in zip(reference, weights):
+        master = optimizer.state[w]["master"]
+        assert w.dtype == torch.bfloat16 and master.dtype == torch.float32
+        torch.testing.assert_close(master, r.detach(), rtol=1e-5, atol=1e-6)
+        assert torch.equal(w.detach(), master.bfloat16())
+        assert optimizer.state[w]["exp_avg"].dtype == torch.float32
+
+    tensors, plain = optimizer_to_safe(optimizer)
+    fresh = [torch.nn.Parameter(w.detach().clone()) for w in weights]
+    restored = galore_adamw(groups(fresh[: len(SHAPES)], fresh[len(SHAPES):], 0.1))
+    load_optimizer(restored, tensors, plain)
+    for w, f in zip(weights, fresh):
+        for key in ("master", "exp_avg", "exp_avg_sq"):
+            assert restored.state[f][key].dtype == torch.float32
+            assert torch.equal(restored.state[f][key], optimizer.state[w][key])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA's mixed-precision product")
+@pytest.mark.parametrize("shape", [(48, 16), (16, 40)])
+def test_bf16_gradient_projects_as_its_float32_copy(shape):
+    from galore_torch.galore_projector import GaLoreProjector
+
+    from peftbench.methods.galore import project
+
+    torch.manual_seed(0)
+    projector = GaLoreProjector(RANK, update_proj_gap=GAP, scale=0.25, proj_type="std")
+    project(projector, torch.randn(shape, device="cuda"), 0)  # step 0: the SVD refresh
+    grad = torch.randn(shape, device="cuda").bfloat16()
+    low = project(projector, grad, 1)
+    assert low.dtype == torch.float32
+    # against the float32 product: within the bf16 rounding of the basis
+    torch.testing.assert_close(low, projector.project(grad.float(), 1), rtol=2e-2, atol=2e-2)

@@ -120,8 +120,15 @@ def load_optimizer(optimizer, tensors, plain):
         index, name = key.split(".", 1)
         if "." not in name:
             state[int(index)][name] = tensor
-    # load_state_dict moves each state tensor to its parameter's device and dtype (the step counter aside)
+    # load_state_dict moves each state tensor to its parameter's device and dtype (the step counter aside);
+    # the saved values replace them on that device, in the dtype they were saved in: a bf16 weight's
+    # float32 master and moments stay float32, unrounded
     optimizer.load_state_dict({"state": state, "param_groups": plain["param_groups"]})
+    for index, entries in state.items():
+        loaded = optimizer.state[params[index]]
+        for name, tensor in entries.items():
+            if torch.is_tensor(tensor) and tensor.dtype != loaded[name].dtype:
+                loaded[name] = tensor.to(loaded[name].device)
     for (index, name), projector in projectors.items():
         optimizer.state[params[index]][name] = projector
 

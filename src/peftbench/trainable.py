@@ -3,9 +3,9 @@ exactly the trained model for evaluation.
 
 Every trained method is wrapped by peft: LoRA adapters where the method asks for them, and the turn
 tokens' embedding rows (peft trainable tokens) for all, so each method learns to end its turn.
-Full-rank weights train in float32 (updates of 1e-5 vanish in bf16 rounding) and compute in bf16
-under autocast on a GPU (in float32 on a CPU: model.compute_dtype); they are saved in the configured
-dtype, which is what the GPU's forward pass used.
+Full-rank weights train in the model's dtype: bf16 on a GPU, where the GaLore optimizer keeps their
+float32 masters (updates of 1e-5 vanish in bf16 rounding: methods/galore.py), float32 on a CPU
+(model.compute_dtype); they are saved in the configured dtype, which is what the GPU's forward pass used.
 """
 import functools
 from collections import namedtuple
@@ -93,7 +93,6 @@ def build_trainable(method, model_dir, settings, training, tokenizer, device, dt
         for layer in causal_lm(model).model.layers:
             layer.compile(dynamic=True)
     for weight in full_rank.values():
-        weight.data = weight.data.float()
         weight.requires_grad_(True)
     trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = ParamGroups(

@@ -8,8 +8,8 @@ import math
 
 NAME = "galore"
 SUMMARY = "full-rank projections, gradients projected to low rank (GaLoreAdamW)"
-MEMORY = ("every projection trains full-rank: fp32 master weights and gradients for all of them; GaLore "
-          "keeps only their Adam state low-rank, so it is the largest of the four")
+MEMORY = ("every projection trains full-rank: bf16 weights and gradients plus fp32 master weights for all "
+          "of them; GaLore keeps only their Adam state low-rank, so it is the largest of the four")
 TRAINS = True
 
 
@@ -50,7 +50,14 @@ def galore_adamw(param_groups):
 
     The products run in TF32: GaLore projects in fp32, which without tensor cores is slow, and TF32's
     10-bit mantissa is far finer than the rank-r approximation itself. TF32 is restored afterwards, so
-    nothing else changes precision. tests/test_galore_step.py checks the result against GaLoreAdamW."""
+    nothing else changes precision. tests/test_galore_step.py checks the result against GaLoreAdamW.
+
+    A weight kept in bf16 (on a GPU, trainable.build_trainable leaves the model's dtype) gets a float32
+    master copy in its state: updates of lr 1e-5 would vanish in bf16 rounding, so they accumulate in the
+    master, which is then copied into the weight. The forward and backward thus use the bf16 weight as it
+    is: no float32-to-bf16 copy of every weight per forward, held until backward, and the gradients come in
+    bf16, half the memory and traffic of float32 ones. Nothing else changes: autocast rounded the float32
+    weight and the weight's gradient to bf16 before too."""
     import torch
     from galore_torch import GaLoreAdamW
     from galore_torch.galore_projector import GaLoreProjector
@@ -79,12 +86,16 @@ def galore_adamw(param_groups):
             for p in params:
                 state = self.state[p]
                 state.setdefault("step", 0)
+                if p.dtype != torch.float32 and "master" not in state:
+                    state["master"] = p.detach().float()
                 grad = p.grad
                 if projected:
                     if "projector" not in state:
                         state["projector"] = GaLoreProjector(group["rank"], update_proj_gap=group["update_proj_gap"],
                                                              scale=group["scale"], proj_type=group["proj_type"])
-                    grad = state["projector"].project(grad, state["step"])  # refreshes the SVD when due
+                    grad = project(state["projector"], grad, state["step"])  # refreshes the SVD when due
+                else:
+                    grad = grad.float()
                 if "exp_avg" not in state:
                     state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(grad), torch.zeros_like(grad)
                 state["step"] += 1
@@ -108,21 +119,41 @@ def galore_adamw(param_groups):
                     step_size *= math.sqrt(1.0 - beta2 ** state["step"]) / (1.0 - beta1 ** state["step"])
                 step_sizes.append(step_size)
 
-            if projected:  # back to full rank, scaled, straight into the weight: p += -step * scale * (U @ P)
-                for p, update, state, step_size in zip(params, updates, states, step_sizes):
+            targets = [state.get("master", p) for p, state in zip(params, states)]  # float32 either way
+            if projected:  # back to full rank, scaled, straight into the weight: w += -step * scale * (U @ P)
+                for target, update, state, step_size in zip(targets, updates, states, step_sizes):
                     projector = state["projector"]
                     alpha = -step_size * projector.scale
                     if update.shape[0] >= update.shape[1]:
-                        p.addmm_(update, projector.ortho_matrix, alpha=alpha)
+                        target.addmm_(update, projector.ortho_matrix, alpha=alpha)
                     else:
-                        p.addmm_(projector.ortho_matrix, update, alpha=alpha)
+                        target.addmm_(projector.ortho_matrix, update, alpha=alpha)
             else:
                 torch._foreach_mul_(updates, [-s for s in step_sizes])
-                torch._foreach_add_(params, updates)
+                torch._foreach_add_(targets, updates)
             if group["weight_decay"] > 0.0:
-                torch._foreach_add_(params, params, alpha=-group["lr"] * group["weight_decay"])
+                torch._foreach_add_(targets, targets, alpha=-group["lr"] * group["weight_decay"])
+            mastered = [(p, target) for p, target in zip(params, targets) if target is not p]
+            if mastered:  # the bf16 weights the next forward uses: their masters, rounded
+                torch._foreach_copy_([p for p, _ in mastered], [target for _, target in mastered])
 
     return FastGaLoreAdamW(param_groups, no_deprecation_warning=True)
+
+
+def project(projector, grad, step):
+    """projector.project(grad, step) for a float32 or bf16 gradient, returning the rank-r gradient in
+    float32. A bf16 gradient meets the bf16-rounded basis in a product summed and returned in float32
+    (CUDA's mixed-precision mm): no float32 copy of the full gradient. An SVD refresh (galore-torch would
+    return a bf16 basis for a bf16 gradient), and a CPU, which lacks that product, see it in float32."""
+    import torch
+
+    refresh = projector.ortho_matrix is None or step % projector.update_proj_gap == 0
+    if grad.dtype == torch.float32 or refresh or not grad.is_cuda:
+        return projector.project(grad.float(), step)
+    basis = projector.ortho_matrix.to(grad.dtype)
+    if grad.shape[0] >= grad.shape[1]:  # the sides galore-torch's proj_type "std" projects on
+        return torch.mm(grad, basis.t(), out_dtype=torch.float32)
+    return torch.mm(basis.t(), grad, out_dtype=torch.float32)
 
 
 def optimizer(groups, settings, training):
