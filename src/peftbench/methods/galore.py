@@ -8,8 +8,8 @@ import math
 
 NAME = "galore"
 SUMMARY = "full-rank projections, gradients projected to low rank (GaLoreAdamW)"
-MEMORY = ("every projection trains full-rank: bf16 weights and gradients plus fp32 master weights for all "
-          "of them; GaLore keeps only their Adam state low-rank, so it is the largest of the four")
+MEMORY = ("every projection trains full-rank: full-size weights and gradients for all of them (on a GPU in "
+          "bf16, with fp32 masters); GaLore keeps only their Adam state low-rank, so it is the largest of the four")
 TRAINS = True
 
 
