@@ -43,7 +43,7 @@ from peftbench import attention, graphs
 from peftbench import train as train_module
 from peftbench import trainable as trainable_module
 from peftbench.methods import METHODS
-from peftbench.train import answer_loss, batch_order, pack, training_step
+from peftbench.train import answer_loss, batch_order, pack_for, training_step
 from peftbench.trainable import causal_lm
 
 KNOBS = {"loss_chunk": int, "cpp_wrapper": bool, "gradient_checkpointing": bool, "recompute": bool,
@@ -76,10 +76,8 @@ def phase_memory(model, optimizer, scheduler, batch, trainable):
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     phases = {"before_step_gb": gb(torch.cuda.memory_allocated())}
-    decoder_graphs = graphs.attached(causal_lm(model))  # graphs take rows padded as training_step pads them
-    shape = {"multiple": graphs.TOKEN_MULTIPLE, "slots": decoder_graphs.slots} if decoder_graphs else {}
     with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
-        loss = answer_loss(model, *pack(batch, device, **shape))
+        loss = answer_loss(model, *pack_for(model, batch, device))
     phases.update(after_forward_gb=gb(torch.cuda.memory_allocated()), forward_peak_gb=gb(torch.cuda.max_memory_allocated()))
     torch.cuda.reset_peak_memory_stats()
     loss.backward()
@@ -89,7 +87,7 @@ def phase_memory(model, optimizer, scheduler, batch, trainable):
     torch.nn.utils.clip_grad_norm_(trainable, 1.0)
     optimizer.step()
     scheduler.step()
-    optimizer.zero_grad(set_to_none=decoder_graphs is None)
+    optimizer.zero_grad(set_to_none=graphs.attached(causal_lm(model)) is None)
     phases["optimizer_peak_gb"] = gb(torch.cuda.max_memory_allocated())
     phases["tokens"] = sum(len(ids) for ids, _ in batch)
     return phases

@@ -146,7 +146,6 @@ class DecoderGraphs:
         self.replayed = True
         return _Replay.apply(embeds, capture)
 
-
     def fold_peaks(self, into):
         """Fold torch's peaks since the last reset into `into`, and reset them."""
         for kind in into:

@@ -100,6 +100,14 @@ def pack(examples, device, multiple=1, slots=None):
     return input_ids[None], labels[None], position_ids[None], tuple(lengths), predicting
 
 
+def pack_for(model, examples, device):
+    """pack(examples, device) as model trains on them: with its decoder's CUDA graphs attached (graphs.py),
+    which replay fixed shapes, the row padded to a multiple of TOKEN_MULTIPLE and a fixed count of examples."""
+    decoder_graphs = graphs.attached(causal_lm(model))
+    shape = {"multiple": graphs.TOKEN_MULTIPLE, "slots": decoder_graphs.slots} if decoder_graphs else {}
+    return pack(examples, device, **shape)
+
+
 LOSS_CHUNK = 1024  # answer positions per output-layer chunk: bounds the logits' memory on long batches
 
 
@@ -139,13 +147,12 @@ def answer_loss(model, input_ids, labels, position_ids=None, lengths=None, predi
         if lengths is not None:
             sequences = {"cu_seq_lens_q": attention.sequence_offsets(lengths, input_ids.device),
                          "max_length_q": attention.length_bound(lengths)}
-    decoder_graphs = graphs.attached(lm)
+    embeds, decoder_graphs = rows.embed(input_ids), graphs.attached(lm)
     if decoder_graphs is not None and torch.is_grad_enabled():
-        hidden = decoder_graphs(rows.embed(input_ids), position_ids, sequences["cu_seq_lens_q"],
-                                sequences["max_length_q"])
+        hidden = decoder_graphs(embeds, position_ids, sequences["cu_seq_lens_q"], sequences["max_length_q"])
     else:  # a cache would turn off the per-example masks
-        hidden = lm.model(inputs_embeds=rows.embed(input_ids), position_ids=position_ids,
-                          attention_mask=attention_mask, use_cache=False, **sequences).last_hidden_state
+        hidden = lm.model(inputs_embeds=embeds, position_ids=position_ids, attention_mask=attention_mask,
+                          use_cache=False, **sequences).last_hidden_state
     # The positions that predict an answer token, by index: a boolean mask's backward is an index_put
     # that sorts, an index_select's backward a plain index_add.
     targets = labels[:, 1:].flatten()
@@ -168,10 +175,7 @@ def training_step(model, optimizer, scheduler, examples, trainable, max_grad_nor
     optimizer, and the CPU prepares the next step while the GPU finishes this one. The benchmark in
     benchmarks/ calls this same function, so what it measures is what the workflow runs."""
     device = next(p.device for p in trainable)
-    decoder_graphs = graphs.attached(causal_lm(model))
-    # CUDA graphs replay fixed shapes: the row padded to a multiple of TOKEN_MULTIPLE, a fixed count of examples
-    shape = {"multiple": graphs.TOKEN_MULTIPLE, "slots": decoder_graphs.slots} if decoder_graphs else {}
-    input_ids, labels, position_ids, lengths, predicting = pack(examples, device, **shape)
+    input_ids, labels, position_ids, lengths, predicting = pack_for(model, examples, device)
     # bf16 products on GPU; a CPU computes in float32 (model.compute_dtype says why), its attention in
     # the math kernel: the fused CPU kernel's float32 backward is not reproducible from run to run. The
     # backward runs under it too: with gradient checkpointing the layers recompute their forward there.
@@ -185,7 +189,8 @@ def training_step(model, optimizer, scheduler, examples, trainable, max_grad_nor
             torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
             optimizer.step()
             scheduler.step()
-    optimizer.zero_grad(set_to_none=decoder_graphs is None)  # the graphs add into the same .grad tensors
+    # the graphs add into the same .grad tensors
+    optimizer.zero_grad(set_to_none=graphs.attached(causal_lm(model)) is None)
     return loss_value, sum(len(ids) for ids, _ in examples)
 
 
