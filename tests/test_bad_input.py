@@ -10,7 +10,14 @@ Where each bad input is tested:
 | gated model, no token / a token without access | `model X is gated and no HF_TOKEN is set: accept its terms ... and set HF_TOKEN` | test_hub_model_errors_name_the_fix |
 | hub model or dataset not cached, offline | `... connect to the internet or unset HF_HUB_OFFLINE` | test_hub_errors.py |
 | malformed data rows | dropped, counted by reason in manifest.json | test_data.py::test_bad_rows_of_every_kind_are_counted, test_bad_rows_are_dropped_with_a_reason |
-| a source left empty (empty file, or no usable row) | `source X: file ... is missing or empty` / `only 0 usable train examples ...` | test_empty_source_is_an_error, test_source_with_no_usable_row_is_an_error |
+| a source left empty (empty file, or no usable row) | `source X: file ... is missing or empty` / `only 0 usable test examples ...` | test_empty_source_is_an_error, test_source_with_no_usable_row_is_an_error |
+| test.n (or train.n) larger than the data | `only 12 usable test examples of 50 asked (split 'train' has 12 rows; ...): lower test.n ...`; for train, how many rows the test draw took | test_test_n_larger_than_the_data_names_test_n, test_train_short_after_the_test_draw_says_how_many_test_took |
+| a malformed JSON line, a JSON file with a syntax error, a row that is not an object | `source X: file F line 5 is not valid JSON (...): fix or remove that line` | test_malformed_json_names_the_file_and_line |
+| a byte that is not UTF-8 | `source X: file F line 4 is not UTF-8 text (byte 0xe9 at column 9): save the file as UTF-8` | test_non_utf8_byte_names_the_file_line_and_column |
+| local model folder without tokenizer, weights or config; pickled weights only | `model.path X holds no *.safetensors weights ...: save it with model.save_pretrained(folder)` | test_incomplete_local_model_folder_is_refused, test_pickled_weights_are_named |
+| hub model not cached, offline or not | `... connect to the internet or unset HF_HUB_OFFLINE` only when it is set, else `... or run once with internet access` | test_uncached_model_names_the_offline_switch_only_when_set |
+| any step failing inside the workflow | the one-line fix on the terminal (and as the log's last line); an unexpected error's type and message, traceback in the log | test_with_a_log_file_only_the_fix_reaches_the_terminal, test_an_unexpected_error_reaches_the_terminal_as_one_line, test_workflow.py::test_a_failed_steps_fix_reaches_the_console |
+| a data file or local model edited after a run | the dry run plans prepare_data (prepare_model) and everything after it | test_workflow.py::test_editing_a_data_file_or_the_local_model_reruns_what_depends_on_it |
 | NaN or infinite loss | `loss is nan at step N: lower the learning rate ...`, no output | test_non_finite_loss_stops_and_names_the_step |
 | CUDA out of memory in training | `... lower training.batch_size or data.max_length, or set training.gradient_checkpointing: true` | test_out_of_memory_in_training_is_one_line |
 | CUDA out of memory in generation | `... lower generation.batch_size ... or generation.max_new_tokens` | test_out_of_memory_in_generation_names_the_fix |
@@ -109,9 +116,139 @@ def test_source_with_no_usable_row_is_an_error(tmp_path, model_dir):
     with pytest.raises(UserError) as error:
         prepare_data({"max_length": 128, "sources": [alpaca_source(bad)]}, model_dir, tmp_path / "out")
     message = str(error.value)
-    assert message.startswith("source alpaca: only 0 usable train examples of 2 asked ({'empty response'")
-    assert message.endswith("lower train.n or raise data.max_length")
+    assert message.startswith("source alpaca: only 0 usable test examples of 1 asked (split 'train' has 4 rows; "
+                              "{'empty response'")
+    assert message.endswith("lower test.n or raise data.max_length")
     assert not (tmp_path / "out").exists()
+
+
+def alpaca_rows(n):
+    return [json.dumps({"instruction": f"Name function {i}.", "input": "", "output": f"It is f{i}."}) for i in range(n)]
+
+
+def test_test_n_larger_than_the_data_names_test_n(tmp_path, model_dir):
+    path = tmp_path / "alpaca.jsonl"
+    path.write_text("\n".join(alpaca_rows(12)) + "\n")
+    source = {**alpaca_source(path, n=4), "test": {"split": "train", "n": 50}}
+    with pytest.raises(UserError) as error:
+        prepare_data({"max_length": 128, "sources": [source]}, model_dir, tmp_path / "out")
+    assert str(error.value) == ("source alpaca: only 12 usable test examples of 50 asked (split 'train' has 12 rows; "
+                                "{} dropped): lower test.n or raise data.max_length")
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_short_after_the_test_draw_says_how_many_test_took(tmp_path, model_dir):
+    path = tmp_path / "alpaca.jsonl"
+    path.write_text("\n".join(alpaca_rows(12)) + "\n")
+    source = {**alpaca_source(path, n=10), "test": {"split": "train", "n": 5}}
+    with pytest.raises(UserError) as error:
+        prepare_data({"max_length": 128, "sources": [source]}, model_dir, tmp_path / "out")
+    assert str(error.value) == ("source alpaca: only 7 usable train examples of 10 asked (split 'train' has 12 rows, "
+                                "5 of them drawn for test; {} dropped): lower train.n (or test.n) or raise "
+                                "data.max_length")
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("bad.jsonl", lambda rows: rows[:4] + ['{"instruction": "x", "output": "y",'] + rows[4:],
+     "file {path} line 5 is not valid JSON (Expecting property name enclosed in double quotes at column 36): "
+     "fix or remove that line"),
+    ("bad.json", lambda rows: ["["] + [r + "," for r in rows[:3]] + ['{"instruction": "x" "output": "y"}', "]"],
+     "file {path} line 5 is not valid JSON (Expecting ',' delimiter at column 21): fix that line"),
+    ("bad.jsonl", lambda rows: rows[:2] + ['["a list", "not a row"]'] + rows[2:],
+     "file {path} line 3 is a JSON list, not an object: one row per line"),
+])
+def test_malformed_json_names_the_file_and_line(name, content, message, tmp_path, model_dir):
+    path = tmp_path / name
+    path.write_text("\n".join(content(alpaca_rows(8))) + "\n")
+    with pytest.raises(UserError) as error:
+        prepare_data({"max_length": 128, "sources": [alpaca_source(path)]}, model_dir, tmp_path / "out")
+    assert str(error.value) == "source alpaca: " + message.format(path=path)
+    assert not (tmp_path / "out").exists()
+
+
+def test_non_utf8_byte_names_the_file_line_and_column(tmp_path, model_dir):
+    path = tmp_path / "latin1.jsonl"
+    rows = alpaca_rows(6)
+    rows[3] = rows[3].replace("Name", "Nam\u00e9")
+    path.write_bytes(("\n".join(rows) + "\n").encode("latin-1"))
+    with pytest.raises(UserError) as error:
+        prepare_data({"max_length": 128, "sources": [alpaca_source(path)]}, model_dir, tmp_path / "out")
+    column = rows[3].index("\u00e9") + 1
+    assert str(error.value) == (f"source alpaca: file {path} line 4 is not UTF-8 text (byte 0xe9 at column {column}): "
+                                "save the file as UTF-8")
+
+
+@pytest.mark.parametrize("remove, message", [
+    (["tokenizer.json"], "holds no tokenizer (tokenizer.json or tokenizer.model or tiktoken.model): save it with "
+                         "tokenizer.save_pretrained(folder)"),
+    (["model.safetensors"], "holds no *.safetensors weights: save it with model.save_pretrained(folder)"),
+    (["config.json"], "holds no config.json: point it at a Hugging Face model folder"),
+])
+def test_incomplete_local_model_folder_is_refused(remove, message, tmp_path, model_dir):
+    import shutil
+
+    source = json.loads((model_dir / "model.json").read_text())["path"]
+    folder = tmp_path / "copied-model"
+    shutil.copytree(source, folder)
+    for name in remove:
+        (folder / name).unlink()
+    with pytest.raises(UserError) as error:
+        prepare_model({"source": "local", "path": str(folder), "dtype": "bfloat16"}, tmp_path / "model")
+    assert str(error.value) == f"model.path {folder} {message}"
+    assert not (tmp_path / "model").exists()
+
+
+def test_pickled_weights_are_named(tmp_path, model_dir):
+    import shutil
+
+    folder = tmp_path / "copied-model"
+    shutil.copytree(json.loads((model_dir / "model.json").read_text())["path"], folder)
+    (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+    with pytest.raises(UserError, match=r"holds no \*.safetensors weights \(found pytorch_model.bin: peftbench "
+                                        r"loads safetensors only, never pickles\)"):
+        prepare_model({"source": "local", "path": str(folder), "dtype": "bfloat16"}, tmp_path / "model")
+
+
+@pytest.mark.parametrize("offline, fix", [("1", "unset HF_HUB_OFFLINE"), (None, "run once with internet access")])
+def test_uncached_model_names_the_offline_switch_only_when_set(offline, fix, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    if offline:
+        monkeypatch.setenv("HF_HUB_OFFLINE", offline)
+    else:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def snapshot_download(repo_id, **kwargs):
+        raise hub_errors.LocalEntryNotFoundError("cannot reach the hub")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    with pytest.raises(UserError) as error:
+        prepare_model({"source": "hub", "id": "google/gemma-3-1b-it", "revision": "main", "dtype": "bfloat16"},
+                      tmp_path / "model")
+    assert str(error.value) == ("model google/gemma-3-1b-it is not in the local cache and the hub cannot be reached: "
+                                f"connect to the internet or {fix}")
+
+
+def test_with_a_log_file_only_the_fix_reaches_the_terminal(tmp_path):
+    """What a workflow rule runs: `peftbench <step> ... --log FILE`. The log gets everything, the terminal
+    (where Snakemake shows a job's stderr) gets the one line that names the fix."""
+    log = tmp_path / "logs" / "prepare_model.log"
+    model = {"source": "local", "path": str(tmp_path / "nowhere"), "dtype": "bfloat16"}
+    result = subprocess.run([sys.executable, "-m", "peftbench", "prepare-model", "--model", json.dumps(model),
+                             "--out", str(tmp_path / "model"), "--log", str(log)], capture_output=True, text=True)
+    line = f"peftbench prepare-model: error: model.path {tmp_path / 'nowhere'} holds no config.json: point it at a " \
+           "Hugging Face model folder"
+    assert result.returncode == 1 and result.stderr == line + "\n" and result.stdout == ""
+    assert log.read_text().strip().splitlines()[-1] == line
+
+
+def test_an_unexpected_error_reaches_the_terminal_as_one_line(tmp_path):
+    log = tmp_path / "score.log"
+    result = subprocess.run([sys.executable, "-m", "peftbench", "score", "--generations", str(tmp_path / "none.jsonl"),
+                             "--method", "base", "--out", str(tmp_path / "s.json"), "--examples",
+                             str(tmp_path / "e.json"), "--log", str(log)], capture_output=True, text=True)
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith("peftbench score: unexpected FileNotFoundError: ")
+    assert f"(traceback in {log})" in result.stderr and "Traceback" in log.read_text()
 
 
 @pytest.fixture()

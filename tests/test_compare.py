@@ -1,6 +1,7 @@
 """The paired bootstrap: a real difference is significant, identical systems are not, seeds are averaged."""
 import json
 import statistics
+import sys
 
 import pytest
 from sacrebleu.metrics import BLEU
@@ -104,3 +105,24 @@ def test_cli_writes_comparison_json(tmp_path, capsys):
     assert '"lora"' in capsys.readouterr().out
     with pytest.raises(UserError, match="at least 100"):
         compare_module.main(["--examples", *paths, "--samples", "10", "--out", str(tmp_path / "x.json")])
+
+
+def test_one_source_has_one_interval_and_sources_share_the_resamples(tmp_path, monkeypatch):
+    """Per-source intervals come from the same resamples as the overall one: with a single source the two
+    are the same numbers (issue 25: the report printed two intervals for one score)."""
+    monkeypatch.setattr(sys.modules[__name__], "SOURCES", ["alpaca"] * len(REFERENCES))
+    runs = [write_run(tmp_path, "base", None, degraded(3)), write_run(tmp_path, "lora", 0, degraded(2))]
+    result = compare(runs, samples=300)
+    for method in ("base", "lora"):
+        assert result["methods"][method]["alpaca"] == result["methods"][method]["overall"]
+    assert result["differences"]["lora - base"]["alpaca"] == result["differences"]["lora - base"]["overall"]
+
+
+def test_resamples_keep_each_sources_size():
+    import numpy as np
+
+    sources = ["a"] * 5 + ["b"] * 3 + ["a"] * 2
+    weights = compare_module.resample_weights(sources, 50, np.random.default_rng(0))
+    a = np.asarray(sources) == "a"
+    assert (weights[0] == 1).all()
+    assert (weights[:, a].sum(axis=1) == 7).all() and (weights[:, ~a].sum(axis=1) == 3).all()

@@ -89,7 +89,7 @@ def test_only_gpu_steps_claim_a_card(tmp_path, monkeypatch):
     fake_step = types.ModuleType("fake_step")
     fake_step.main = lambda argv: seen.setdefault("cuda", os.environ.get("CUDA_VISIBLE_DEVICES"))
     monkeypatch.setitem(sys.modules, "fake_step", fake_step)
-    monkeypatch.setattr(cli, "STEPS", {"train": "fake_step", "score": "fake_step"})
+    monkeypatch.setattr(cli, "STEPS", {"train": ("fake_step", "a GPU step"), "score": ("fake_step", "a CPU step")})
     monkeypatch.setattr("peftbench.gpus.count_gpus", lambda: 2)
     monkeypatch.setenv("PEFTBENCH_GPU_LOCK_DIR", str(tmp_path))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # so that monkeypatch restores it after main sets it

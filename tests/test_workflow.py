@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,69 @@ def test_bad_config_stops_the_workflow_with_one_line(tmp_path, model_dir):
 def test_lint_is_clean():
     result = snakemake("--lint", check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def files_overlay(tmp_path, model_dir):
+    """A study on a local alpaca file and a local copy of the tiny model: what a user edits in place."""
+    import shutil
+
+    data, model = tmp_path / "alpaca.jsonl", tmp_path / "my-model"
+    data.write_text("".join(json.dumps({"instruction": f"Name the function number {i}.", "input": "",
+                                        "output": f"It is f{i}."}) + "\n" for i in range(20)))
+    shutil.copytree(json.loads((model_dir / "model.json").read_text())["path"], model)
+    source = {"name": "alpaca", "files": {"train": str(data)}, "format": "alpaca",
+              "train": {"split": "train", "n": 8}, "test": {"split": "train", "n": 3}}
+    config = overlay(tmp_path, model_dir, model={"source": "local", "path": str(model)},
+                     data={"max_length": 128, "sources": [source]})
+    return config, data, model
+
+
+def planned_jobs(result):
+    return dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
+
+
+def test_editing_a_data_file_or_the_local_model_reruns_what_depends_on_it(tmp_path, model_dir):
+    config, data, model = files_overlay(tmp_path, model_dir)
+    manifest = str(tmp_path / "results" / "data" / "manifest.json")
+    snakemake(manifest, "--configfile", str(config))
+    assert "Nothing to be done" in snakemake(manifest, "--configfile", str(config), "-n").stdout
+    time.sleep(1.1)  # a later mtime on file systems that keep whole seconds
+    data.write_text(data.read_text().replace("Name the function", "Name the method"))
+    plan = snakemake(manifest, "--configfile", str(config), "-n")
+    assert planned_jobs(plan).get("prepare_data") == "1" and "prepare_model" not in planned_jobs(plan)
+    assert f"Updated input files: {data}" in plan.stdout
+    full = snakemake("--configfile", str(config), "-n")  # and everything downstream of the data
+    assert {"prepare_data", "train", "generate", "score", "compare", "report"} <= set(planned_jobs(full))
+
+    snakemake(manifest, "--configfile", str(config))
+    time.sleep(1.1)
+    (model / "config.json").write_text((model / "config.json").read_text() + "\n")
+    plan = snakemake(manifest, "--configfile", str(config), "-n")
+    assert planned_jobs(plan).get("prepare_model") == "1" and planned_jobs(plan).get("prepare_data") == "1"
+    assert f"Updated input files: {model / 'config.json'}" in plan.stdout
+
+
+def test_a_failed_steps_fix_reaches_the_console(tmp_path, model_dir):
+    config, data, _ = files_overlay(tmp_path, model_dir)
+    rows = data.read_text().splitlines()
+    data.write_text("\n".join(rows[:2] + ['{"instruction": "broken'] + rows[2:]) + "\n")
+    result = snakemake(str(tmp_path / "results" / "data" / "manifest.json"), "--configfile", str(config), check=False)
+    assert result.returncode != 0
+    assert (f"peftbench prepare-data: error: source alpaca: file {data} line 3 is not valid JSON"
+            in result.stdout + result.stderr)
+    assert not (tmp_path / "results" / "data").exists()
+
+
+def test_builtin_data_reruns_when_its_generator_or_python_changes():
+    import hashlib
+    import platform
+
+    from peftbench import demo_data
+    from peftbench.inputs import builtin_data_version
+
+    demo = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    assert builtin_data_version(demo["data"]) == {
+        "generator": hashlib.sha256(Path(demo_data.__file__).read_bytes()).hexdigest()[:16],
+        "python": platform.python_version()}
+    study = yaml.safe_load((ROOT / "config.yaml").read_text())
+    assert builtin_data_version(study["data"]) is None  # hub sources: the revision is their version

@@ -3,7 +3,10 @@ its spread across seeds and a confidence interval, and every pair of methods' di
 interval and whether it is significant.
 
 What is resampled: test prompts, with replacement, the same prompts for every method and seed (paired),
-so the interval says how much a score could move on another test set of the same size.
+so the interval says how much a score could move on another test set of the same size. Each resample draws
+every source's prompts from that source, as many as it has (the test set holds a fixed number per source),
+and the per-source scores are read from the same resamples as the overall one: with a single source, its
+interval is the overall interval.
 Several seeds: a method's score is the mean over its seeds of the per-seed score (corpus BLEU-4 of that
 seed's answers; mean ROUGE-L F1), and each resample recomputes that mean, so the interval is around the
 very number the report shows. The spread across seeds (standard deviation) is reported beside it.
@@ -40,9 +43,15 @@ def load_runs(paths):
     return dict(runs)
 
 
-def resample_weights(n, samples, rng):
-    """How often each of n prompts is drawn in each resample (samples x n); row 0 is the actual test set."""
-    return np.vstack([np.ones((1, n), dtype=np.int64), rng.multinomial(n, np.full(n, 1 / n), size=samples)])
+def resample_weights(sources, samples, rng):
+    """How often each prompt is drawn in each resample ((samples + 1) x prompts), stratified by source; row 0
+    is the actual test set."""
+    sources = np.asarray(sources)
+    weights = np.ones((samples + 1, len(sources)), dtype=np.int64)
+    for name in sorted(set(sources)):
+        columns = np.flatnonzero(sources == name)
+        weights[1:, columns] = rng.multinomial(len(columns), np.full(len(columns), 1 / len(columns)), size=samples)
+    return weights
 
 
 def seed_mean_scores(seeds, weights, columns):
@@ -102,8 +111,9 @@ def compare(example_paths, samples=1000, confidence=0.95, seed=0):
         "methods": {method: {} for method in runs},
         "differences": {f"{a} - {b}": {} for a, b in pairs(list(runs))},
     }
+    all_weights = resample_weights(sources, samples, rng)  # shared by every method (paired) and every subset
     for name, columns in subsets.items():
-        weights = resample_weights(len(columns), samples, rng)  # shared by every method: paired
+        weights = all_weights[:, columns]
         scores = {method: seed_mean_scores(seeds, weights, columns) for method, seeds in runs.items()}
         for method, score in scores.items():
             result["methods"][method][name] = summarize(score, confidence)

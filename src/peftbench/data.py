@@ -48,8 +48,54 @@ def load_split(source: dict, split: str, cache_dir: Path):
         if not Path(path).is_file() or Path(path).stat().st_size == 0:  # datasets would raise StopIteration
             raise UserError(f"source {source['name']}: file {path} is missing or empty: fix its files: entry")
         kind = "parquet" if path.endswith(".parquet") else "json"
-        return datasets.load_dataset(kind, data_files={split: path}, split=split)
+        bad_text = kind == "json" and not_utf8(path)  # pyarrow would load it and fail later, row unknown
+        if bad_text:
+            raise UserError(f"source {source['name']}: {bad_text}")
+        try:
+            return datasets.load_dataset(kind, data_files={split: path}, split=split)
+        except Exception as error:  # datasets names neither the file nor the line: find them
+            raise UserError(f"source {source['name']}: {why_unreadable(path, kind, error)}") from None
     return _load_hub(source, split)
+
+
+def not_utf8(path):
+    """None for UTF-8 text, else one line naming the line and column of the first bad byte."""
+    data = Path(path).read_bytes()
+    try:
+        data.decode("utf-8")
+        return None
+    except UnicodeDecodeError as bad:
+        line = data[: bad.start].count(b"\n") + 1
+        column = bad.start - (data.rfind(b"\n", 0, bad.start) + 1) + 1
+        return (f"file {path} line {line} is not UTF-8 text (byte 0x{data[bad.start]:02x} at column {column}): "
+                "save the file as UTF-8")
+
+
+def why_unreadable(path, kind, error) -> str:
+    """One line saying where a local data file is broken and how to fix it. Only called once
+    datasets has failed, so the common path reads each file once."""
+    cause = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    if kind == "parquet":
+        return f"file {path} is not a readable parquet file ({cause}): rewrite it, e.g. with pandas.to_parquet"
+    text = Path(path).read_text(encoding="utf-8")  # checked before loading: not_utf8
+    if text.lstrip().startswith("["):  # one JSON document: an array of rows
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as bad:
+            return f"file {path} line {bad.lineno} is not valid JSON ({bad.msg} at column {bad.colno}): fix that line"
+    else:  # JSON lines: one row per line
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as bad:
+                return (f"file {path} line {number} is not valid JSON ({bad.msg} at column {bad.colno}): "
+                        "fix or remove that line")
+            if not isinstance(row, dict):
+                return f"file {path} line {number} is a JSON {type(row).__name__}, not an object: one row per line"
+    return (f"file {path} could not be read as JSON rows ({cause}): give every row the same fields "
+            "with the same types")
 
 
 def resolve_revision(source):
@@ -220,6 +266,10 @@ def prepare_data(data_cfg: dict, model_dir, out_dir, seed=0) -> dict:
             test_visited = set()
             test = draw(test_split, source, seed, tokenizer, data_cfg["max_length"], source["test"]["n"],
                         dropped, test_lengths, visited=test_visited)
+            if len(test) < source["test"]["n"]:  # checked first: the train draw comes after the test's
+                raise UserError(f"source {name}: only {len(test)} usable test examples of {source['test']['n']} "
+                                f"asked (split {source['test']['split']!r} has {len(test_split)} rows; "
+                                f"{dict(dropped)} dropped): lower test.n or raise data.max_length")
             same_split = source["train"]["split"] == source["test"]["split"]
             train_split = test_split if same_split else load_split(source, source["train"]["split"], tmp / "downloads")
             held_out = {"prompts": {prompt_key(r["messages"]) for r in test},
@@ -228,10 +278,13 @@ def prepare_data(data_cfg: dict, model_dir, out_dir, seed=0) -> dict:
                          dropped, train_lengths, held_out)
             for row in train + test:
                 del row["_index"]
-            for part, rows, cfg in (("train", train, source["train"]), ("test", test, source["test"])):
-                if len(rows) < cfg["n"]:
-                    raise UserError(f"source {name}: only {len(rows)} usable {part} examples of {cfg['n']} asked "
-                                    f"({dict(dropped)} dropped): lower {part}.n or raise data.max_length")
+            if len(train) < source["train"]["n"]:
+                shared = (f", {len(test_visited)} of them drawn for test" if same_split else "")
+                fix = "lower train.n (or test.n) or raise data.max_length" if same_split else \
+                    "lower train.n or raise data.max_length"
+                raise UserError(f"source {name}: only {len(train)} usable train examples of {source['train']['n']} "
+                                f"asked (split {source['train']['split']!r} has {len(train_split)} rows{shared}; "
+                                f"{dict(dropped)} dropped): {fix}")
             test_loose = {loose_key(r["messages"]) for r in test}
             manifest["sources"][name] = {
                 "origin": source.get("hub") or source.get("builtin") and f"builtin:{source['builtin']}"

@@ -10,6 +10,7 @@ The step writes `model.json`, which tells every later step where the weights are
 import argparse
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -22,6 +23,8 @@ from peftbench.io import atomic_dir, read_json, write_json
 log = logging.getLogger(__name__)
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+# Any one of these makes a folder's tokenizer loadable (fast tokenizer, or sentencepiece/tiktoken model).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tiktoken.model")
 
 
 def to_device(tensor, device):
@@ -81,10 +84,25 @@ def _download_hub(model_id: str, revision: str) -> str:
         raise UserError(f"model {model_id} not found, or private and no HF_TOKEN is set: check model.id in the "
                         "config, or set HF_TOKEN") from None
     except LocalEntryNotFoundError:
-        raise UserError(
-            f"model {model_id} is not in the local cache and the hub cannot be reached: "
-            "connect to the internet or unset HF_HUB_OFFLINE"
-        ) from None
+        fix = "unset HF_HUB_OFFLINE" if os.environ.get("HF_HUB_OFFLINE") else "run once with internet access"
+        raise UserError(f"model {model_id} is not in the local cache and the hub cannot be reached: "
+                        f"connect to the internet or {fix}") from None
+
+
+def check_model_folder(path: Path):
+    """A local model folder must hold what later steps load: a config, a tokenizer and safetensors weights.
+    Checked here, so that a half-copied folder fails before any data is encoded."""
+    save = "save it with save_pretrained(folder)"
+    if not (path / "config.json").is_file():
+        raise UserError(f"model.path {path} holds no config.json: point it at a Hugging Face model folder")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise UserError(f"model.path {path} holds no tokenizer ({' or '.join(TOKENIZER_FILES)}): "
+                        f"{save.replace('save_pretrained', 'tokenizer.save_pretrained')}")
+    if not list(path.glob("*.safetensors")):
+        legacy = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt")]
+        found = f" (found {legacy[0]}: peftbench loads safetensors only, never pickles)" if legacy else ""
+        raise UserError(f"model.path {path} holds no *.safetensors weights{found}: "
+                        f"{save.replace('save_pretrained', 'model.save_pretrained')}")
 
 
 def prepare_model(model_cfg: dict, out_dir) -> dict:
@@ -101,8 +119,7 @@ def prepare_model(model_cfg: dict, out_dir) -> dict:
             path = _download_hub(model_cfg["id"], model_cfg.get("revision", "main"))
         elif source == "local":
             path = str(Path(model_cfg["path"]).resolve())
-            if not (Path(path) / "config.json").exists():
-                raise UserError(f"model.path {path} holds no config.json: point it at a Hugging Face model folder")
+            check_model_folder(Path(path))
         else:
             raise UserError(f"unknown model.source {source!r}: use embedded, hub or local")
         info = {"source": source, "id": model_cfg.get("id"), "revision": model_cfg.get("revision"), "path": path}

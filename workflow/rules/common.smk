@@ -3,6 +3,7 @@ import os
 import sys
 
 from peftbench.config import validate_config
+from peftbench.inputs import builtin_data_version, data_files, embedded_model_version, model_files
 from peftbench.methods import METHODS
 from peftbench.errors import UserError
 
@@ -62,3 +63,13 @@ def step_benchmarks(wildcards):
     steps += [f"{r}/{s}" for r in RUNS for s in ("train", "generate", "score")]  # base has no train.tsv
     steps += ["compare"]
     return [f"{OUT}/benchmarks/{s}.tsv" for s in steps if os.path.exists(f"{OUT}/benchmarks/{s}.tsv")]
+
+
+def local_model_files():
+    """A local model folder's files: editing one reruns prepare_model and everything after it."""
+    return model_files(config["model"])
+
+
+def local_data_files():
+    """The local data files the sources read: editing one reruns prepare_data and everything after it."""
+    return data_files(config["data"])

@@ -18,4 +18,4 @@ rule compare:
         runtime=30,
     shell:
         "peftbench compare --examples {input} --samples {params.samples} --confidence {params.confidence}"
-        " --seed {params.seed} --out {output} > {log} 2>&1"
+        " --seed {params.seed} --out {output} --log {log}"

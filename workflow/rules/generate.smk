@@ -25,4 +25,4 @@ rule generate:
     shell:
         "peftbench generate --method {params.method} --model-dir {input.model} {params.trained}"
         " --test {input.test} --settings {params.settings:q} --generation {params.generation:q}"
-        " --dtype {params.dtype} --out {output} > {log} 2>&1"
+        " --dtype {params.dtype} --out {output} --log {log}"

@@ -1,8 +1,11 @@
 rule prepare_model:
+    input:
+        local_model_files(),
     output:
         directory(f"{OUT}/model"),
     params:
         model=as_json(config["model"]),
+        embedded_version=embedded_model_version(config["model"]),
     conda:
         "../../environment.yml"
     log:
@@ -13,4 +16,4 @@ rule prepare_model:
         mem_mb=4000,
         runtime=60,
     shell:
-        "peftbench prepare-model --model {params.model:q} --out {output} > {log} 2>&1"
+        "peftbench prepare-model --model {params.model:q} --out {output} --log {log}"

@@ -26,4 +26,4 @@ rule report:
     shell:
         "peftbench report --config {params.config:q} --scores {input.scores} --comparison {input.comparison}"
         " --metrics {params.metrics} --manifest {input.manifest} --benchmarks {params.benchmarks}"
-        " --out {output.report} > {log} 2>&1"
+        " --out {output.report} --log {log}"

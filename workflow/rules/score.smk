@@ -18,4 +18,4 @@ rule score:
         runtime=30,
     shell:
         "peftbench score --generations {input} --method {params.method} {params.seed} --out {output.scores}"
-        " --examples {output.examples} > {log} 2>&1"
+        " --examples {output.examples} --log {log}"

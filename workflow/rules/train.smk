@@ -25,4 +25,4 @@ rule train:
     shell:
         "peftbench train --method {wildcards.method} --model-dir {input.model} --train {input.train}"
         " --settings {params.settings:q} --training {params.training:q} --seed {wildcards.seed}"
-        " --dtype {params.dtype} --checkpoints {params.checkpoints} --out {output} > {log} 2>&1"
+        " --dtype {params.dtype} --checkpoints {params.checkpoints} --out {output} --log {log}"
