@@ -3,7 +3,10 @@
 One uninterrupted run of every method is the reference. A second run of the same config is killed with
 SIGKILL, whole process group (Snakemake and its jobs), once inside each trained method's training at a
 randomly chosen step, and once inside a generation at a randomly chosen chunk; each time it is rerun as the
-README says: `--unlock` (the killed Snakemake left its lock), then `--rerun-incomplete`. In the end the
+README says: `--unlock` (the killed Snakemake left its lock), then `--rerun-incomplete`. The kill does not
+race the job: tests/stop_hook.py, installed as sitecustomize.py in the killed runs only, wraps the jobs'
+checkpoint save (and generation chunk write), so that right after the planned step (chunk) is written the
+job leaves a marker file and stops itself with SIGSTOP; the test waits for the marker, then kills. In the end the
 generations and the scores equal the reference's exactly, and the trained weights and the loss history to
 float32 rounding (1e-5 of each tensor's largest value), not bit for bit:
 a CPU trains in float32, and some of its parallel kernels (bitsandbytes' 4-bit layers, the turn-token rows'
@@ -17,6 +20,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,6 +38,8 @@ ROUNDING = 1e-5  # float32 rounding across processes (see above)
 ALL_METHODS = ["base", *TRAINED]
 STEPS = 6  # 24 training examples, batch 4, 1 epoch
 PROMPTS = 9  # 3 test prompts per source, one chunk each
+CHUNK_PROMPTS = 1
+STOP_HOOK = Path(__file__).with_name("stop_hook.py")
 FAKE_TOKEN = "hf_peftbenchFakeToken0123456789abcdef"
 # What profiles/default sets: a change of code (a rule's shell command) or environment alone retrains nothing.
 RERUN_TRIGGERS = ["--rerun-triggers", "mtime", "params", "input"]
@@ -55,7 +61,23 @@ def snakemake_command(config, *args, report=False):
 
 
 def environment():
-    return {**os.environ, "HF_TOKEN": FAKE_TOKEN}
+    # MKL may take another code path, and round differently in the last bits, when the machine is loaded
+    # (fewer threads, another kernel): pinned here, so that two processes round alike and the 1e-5 bound
+    # below measures resuming, not the machine's load (seen once: hybrid's lora_B off by 2e-5 under load).
+    return {**os.environ, "HF_TOKEN": FAKE_TOKEN, "MKL_DYNAMIC": "FALSE", "MKL_CBWR": "COMPATIBLE"}
+
+
+def stopping_environment(hook_dir, stop_dir, results, train=None, generate=None):
+    """environment() plus the stop hook (see stop_hook.py) and its plan: stop after checkpoint step
+    train[method] of each planned method, or after the chunk generate["first"] of generate["run"]."""
+    hook_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(STOP_HOOK, hook_dir / "sitecustomize.py")
+    env = environment()
+    env["PYTHONPATH"] = os.pathsep.join([str(hook_dir), *filter(None, [env.get("PYTHONPATH")])])
+    env.update({"PEFTBENCH_TEST_STOP_DIR": str(stop_dir), "PEFTBENCH_TEST_STOP_RESULTS": str(results),
+                "PEFTBENCH_TEST_STOP_TRAIN": json.dumps(train or {}),
+                "PEFTBENCH_TEST_STOP_GENERATE": json.dumps(generate)})
+    return env
 
 
 def snakemake(config, *args, check=True, default_triggers=False, report=False):
@@ -75,27 +97,36 @@ def overlay(tmp_path, model_dir):
         tmp_path, model_dir, seeds=[0],
         training={"epochs": 1, "batch_size": 4, "log_every": 1, "checkpoint_every": 1},
         method_settings={"galore": {"rank": 8, "update_proj_gap": 2}, "hybrid": {"rank": 8, "update_proj_gap": 2}},
-        generation={"max_new_tokens": 16, "batch_size": 1, "chunk_prompts": 1})
+        generation={"max_new_tokens": 16, "batch_size": 1, "chunk_prompts": CHUNK_PROMPTS})
 
 
-def run_until(config, log_path, should_kill, timeout=600):
-    """Unlock, then run the whole workflow in its own process group; SIGKILL the group as soon as
-    should_kill() returns something, and return that."""
+def run_until(config, log_path, stop_dir, env, timeout=3600):
+    """Unlock, then run the whole workflow in its own process group, with env (stopping_environment's);
+    once a job has stopped itself at its planned point and left its marker in stop_dir, SIGKILL the group
+    and return the markers. The timeout only guards against a hung run: nothing here races the jobs."""
     snakemake(config, "--unlock")
+    stop_dir.mkdir(parents=True)
     with open(log_path, "a") as log:
-        process = subprocess.Popen(snakemake_command(config, "--rerun-incomplete"), cwd=ROOT, env=environment(),
+        process = subprocess.Popen(snakemake_command(config, "--rerun-incomplete"), cwd=ROOT, env=env,
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while process.poll() is None and time.monotonic() < deadline:
-            what = should_kill()
-            if what:
+        try:
+            deadline = time.monotonic() + timeout
+            while process.poll() is None and time.monotonic() < deadline:
+                if list(stop_dir.glob("*.json")):
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+                    markers = [json.loads(m.read_text()) for m in sorted(stop_dir.glob("*.json"))]
+                    for marker in markers:  # a job outside the group would survive the kill, stopped
+                        if marker["pgid"] != process.pid:
+                            os.kill(marker["pid"], signal.SIGKILL)
+                            raise AssertionError(f"a job ran outside Snakemake's process group: {marker}")
+                    return markers
+                time.sleep(0.05)
+        finally:
+            if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-                return what
-            time.sleep(0.005)
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        raise AssertionError(f"the run ended (rc {process.wait()}) before the planned kill:\n"
+        raise AssertionError(f"the run ended (rc {process.returncode}) before the planned kill:\n"
                              f"{Path(log_path).read_text()[-3000:]}")
 
 
@@ -120,26 +151,28 @@ def killed(tmp_path_factory, model_dir):
     config, results, log_path = overlay(tmp_path, model_dir), tmp_path / "results", tmp_path / "snakemake.log"
     rng = random.Random()
     plan = {m: rng.randint(1, STEPS - 2) for m in TRAINED}  # the step whose checkpoint triggers the kill
-    chunk = rng.randint(1, PROMPTS - 2)
+    chunk = rng.randint(1, PROMPTS - 2)  # how many generation chunks are saved when it is killed
     kills = []
 
-    def training_checkpoint_reached():
-        for method, step in plan.items():
-            if list((results / run(method) / ".checkpoints").glob(f"*/step-{step:08d}")):
-                return "train", method, step, (results / run(method) / "trained").exists()
-        return None
-
-    def generation_chunk_reached():
-        for method in ALL_METHODS:
-            if len(list((results / run(method)).glob(f".generations.jsonl.chunks/*/*.json"))) >= chunk:
-                return "generate", method, chunk, (results / run(method) / "generations.jsonl").exists()
-        return None
+    def stop(**plan_of_this_run):
+        stop_dir = tmp_path / f"stop-{len(kills)}"
+        env = stopping_environment(tmp_path / "hook", stop_dir, results, **plan_of_this_run)
+        return run_until(config, log_path, stop_dir, env)
 
     while plan:
-        kill = run_until(config, log_path, training_checkpoint_reached)
-        kills.append(kill)
-        del plan[kill[1]]
-    kills.append(run_until(config, log_path, generation_chunk_reached))
+        for marker in stop(train=plan):
+            method, step = marker["name"], marker["step"]
+            assert marker["kind"] == "train" and plan.get(method) == step, (marker, plan)
+            kills.append(("train", method, step, (results / run(method) / "trained").exists()))
+            del plan[method]
+    # A run whose generation has not started: the last one killed in training, at least.
+    fresh = [m for m in ALL_METHODS if not (results / run(m) / "generations.jsonl").exists()
+             and not list((results / run(m)).glob(".generations.jsonl.chunks/*/*.json"))]
+    assert fresh, "every generation has started"
+    method = rng.choice(fresh)
+    [marker] = stop(generate={"run": run(method), "first": (chunk - 1) * CHUNK_PROMPTS})
+    assert (marker["kind"], marker["name"]) == ("generate", run(method)), marker
+    kills.append(("generate", method, chunk, (results / run(method) / "generations.jsonl").exists()))
     locked = snakemake(config, check=False)  # a plain rerun right after a kill
     snakemake(config, "--unlock")
     after_kill = snakemake(config, "--rerun-incomplete", "-n", check=False)  # what the rerun will do
