@@ -43,8 +43,8 @@ def layer_model(method, elementwise):
     if method == "lora":
         from peft import LoraConfig, get_peft_model
 
-        lora = yaml.safe_load((ROOT / "config.yaml").read_text())["method_settings"]["lora"]
-        adapters = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+        lora = yaml.safe_load((ROOT / "config.yaml").read_text())["variants"]["lora"]
+        adapters = LoraConfig(r=lora["r"], lora_alpha=lora["lora_alpha"], lora_dropout=0.0,
                               target_modules=lora["target_modules"])
         model = get_peft_model(model, adapters).get_base_model()
         for module in model.modules():

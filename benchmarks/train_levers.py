@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_speed import (ROOT, free_memory, make_model_dir, measure, plain_model, plain_step,  # noqa: E402
+from train_speed import (ROOT, free_memory, study_variant, make_model_dir, measure, plain_model, plain_step,  # noqa: E402
                          synthetic_examples)
 
 from peftbench.methods import METHODS  # noqa: E402
@@ -87,20 +87,18 @@ def main(argv=None):
 
     results = {}
     for method in args.methods:
-        settings = dict(config["method_settings"][method])
-        if args.tiny and "rank" in settings:
-            settings["rank"] = 8
-        model, optimizer, trainable = plain_model(method, model_dir, settings)
+        kind, settings, variant_training = study_variant(method, args.tiny)
+        model, optimizer, trainable = plain_model(kind, model_dir, settings)
         results[method] = {"plain": measure(lambda b: plain_step(model, optimizer, b, tokenizer.pad_token_id,
                                                                  trainable), batches)}
         del model, optimizer, trainable
         free_memory()
         for index, lever in enumerate(LEVERS):
-            training = dict(config["training"], compile=False, gradient_checkpointing=lever == "+ checkpointing")
-            model, groups = build_trainable(METHODS[method], model_dir, settings, training, tokenizer, device)
+            training = dict(variant_training, compile=False, gradient_checkpointing=lever == "+ checkpointing")
+            model, groups = build_trainable(METHODS[kind], model_dir, settings, training, tokenizer, device)
             model.train()
             configure(model, index, cuda)
-            optimizer = METHODS[method].optimizer(groups, settings, training)
+            optimizer = METHODS[kind].optimizer(groups, settings, training)
             trainable = [p for g in groups for p in g]
             try:
                 results[method][lever] = measure(

@@ -47,11 +47,9 @@ def main(argv=None):
     lines = [f"# Where the training step's time goes ({torch.cuda.get_device_name() if cuda else 'cpu'})", "",
              f"Command: `{command}`", ""]
     for method in args.methods:
-        settings = dict(config["method_settings"][method])
-        if args.tiny and "rank" in settings:
-            settings["rank"] = 8
-        model, optimizer, scheduler, trainable = train_speed.peftbench_path(method, model_dir, settings,
-                                                                            config["training"], tokenizer)
+        kind, settings, training = train_speed.study_variant(method, args.tiny)
+        model, optimizer, scheduler, trainable = train_speed.peftbench_path(kind, model_dir, settings, training,
+                                                                            tokenizer)
 
         def step(batch):
             return training_step(model, optimizer, scheduler, batch, trainable, 1.0)

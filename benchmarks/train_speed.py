@@ -81,28 +81,50 @@ def make_model_dir(work, tokenizer_dir, tiny):
 
 # ----------------------------------------------------------------------------- the plain recipe
 
-def plain_model(method, model_dir, settings):
-    """The seeds' recipe: stock peft/bitsandbytes/galore usage, no peftbench code."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+def study_variant(name, tiny=False):
+    """A variant of config.yaml: (kind name, settings with the kind's defaults, training section with the
+    variant's memory knobs), as the workflow trains it."""
+    from peftbench.config import load_config
+    from peftbench.variants import resolve
 
-    quantization = METHODS[method].quantization(settings)
+    config = load_config(ROOT / "config.yaml")
+    variant = resolve(config)[name]
+    settings = dict(variant.settings)
+    if tiny and "rank" in settings:
+        settings["rank"] = 8
+    return variant.kind, settings, {**config["training"], **variant.knobs}
+
+
+def plain_model(kind, model_dir, settings):
+    """The seeds' recipe: stock peft/bitsandbytes/galore usage, no peftbench code. Full fine-tuning, which the
+    seeds did not run, as a user writes it: bf16 weights, torch's fused AdamW (no float32 masters)."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    method = METHODS[kind]
+    quantization = method.quantization(settings)
     model = load_model(model_dir, "bfloat16", "cuda" if torch.cuda.is_available() else "cpu", quantization)
     if quantization is not None:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     model.requires_grad_(False)
     model.train()  # as the seeds trained: LoRA dropout active
-    lora_targets = METHODS[method].lora_targets(settings)
-    if lora_targets:
-        lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=list(lora_targets),
-                          task_type="CAUSAL_LM")
-        model = get_peft_model(model, lora)
-    full_rank = [m.weight for n, m in model.named_modules()
-                 if n.split(".")[-1] in METHODS[method].full_rank_targets(settings)
-                 and isinstance(m, torch.nn.Linear) and ".layers." in n]
+    peft_config = method.peft_config(settings)
+    if peft_config is not None:
+        if hasattr(peft_config, "lora_dropout"):
+            peft_config.lora_dropout = 0.05  # peft's documented default, which the seeds used
+        model = get_peft_model(model, peft_config)
+    targets = method.full_rank_targets(settings)
+    if targets == "*":
+        full_rank = list(model.parameters())
+    else:
+        full_rank = [m.weight for n, m in model.named_modules() if n.split(".")[-1] in targets
+                     and isinstance(m, torch.nn.Linear) and ".layers." in n]
     for weight in full_rank:
         weight.requires_grad_(True)
-    lora_params = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
-    if full_rank:
+    ids = {id(p) for p in full_rank}
+    lora_params = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    if targets == "*":
+        optimizer = torch.optim.AdamW(full_rank, lr=settings["lr"], fused=torch.cuda.is_available())
+    elif full_rank:
         from galore_torch import GaLoreAdamW
 
         groups = [{"params": full_rank, "rank": settings["rank"], "update_proj_gap": settings["update_proj_gap"],
@@ -161,13 +183,13 @@ def measure(step, batches, passes=3):
     return result
 
 
-def peftbench_path(method, model_dir, settings, training, tokenizer):
+def peftbench_path(kind, model_dir, settings, training, tokenizer):
     """peftbench's trainable model in train mode, its optimizer, a constant schedule and the trained
     parameters, exactly as peftbench.train builds them (the schedule's shape does not change a step's cost)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, groups = build_trainable(METHODS[method], model_dir, settings, training, tokenizer, device)
+    model, groups = build_trainable(METHODS[kind], model_dir, settings, training, tokenizer, device)
     model.train()
-    optimizer = METHODS[method].optimizer(groups, settings, training)
+    optimizer = METHODS[kind].optimizer(groups, settings, training)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     return model, optimizer, scheduler, [p for group in groups for p in group]
 
@@ -200,7 +222,8 @@ def model_flops_per_token(config, mean_length):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokenizer", help="folder with a Gemma 3 tokenizer (the same for 270M and 1B)")
-    parser.add_argument("--methods", nargs="+", default=["lora", "qlora", "galore", "hybrid"])
+    parser.add_argument("--methods", nargs="+", default=["lora", "qlora", "galore", "hybrid", "dora", "full"],
+                        help="variants of config.yaml")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10, help="optimizer steps per pass")
     parser.add_argument("--passes", type=int, default=3, help="timed passes after the warmup pass (median kept)")
@@ -240,22 +263,20 @@ def main(argv=None):
     peak_flops = HOPPER_BF16_PEAK if "H100" in gpu or "H200" in gpu else None
 
     results = {}
-    for method in args.methods:
-        settings = dict(config["method_settings"][method])
-        if args.tiny:
-            settings.update(rank=8) if "rank" in settings else None
+    for method in args.methods:  # variants of config.yaml
+        kind, settings, variant_training = study_variant(method, args.tiny)
         results[method] = {}
-        model, optimizer, trainable = plain_model(method, model_dir, settings)
+        model, optimizer, trainable = plain_model(kind, model_dir, settings)
         results[method]["plain"] = measure(
             lambda b: plain_step(model, optimizer, b, tokenizer.pad_token_id, trainable), batches, args.passes)
         del model, optimizer, trainable
         free_memory()
 
-        paths = {"peftbench": config["training"]}
+        paths = {"peftbench": variant_training}
         if args.checkpointing:  # the same path with the memory knob on
-            paths["peftbench + checkpointing"] = dict(config["training"], gradient_checkpointing=True)
+            paths["peftbench + checkpointing"] = dict(variant_training, gradient_checkpointing=True)
         for path, training in paths.items():
-            model, optimizer, scheduler, trainable = peftbench_path(method, model_dir, settings, training, tokenizer)
+            model, optimizer, scheduler, trainable = peftbench_path(kind, model_dir, settings, training, tokenizer)
             results[method][path] = measure(
                 lambda b: training_step(model, optimizer, scheduler, b, trainable, 1.0), grouped, args.passes)
             results[method][path]["cuda_graphs"] = graph_metrics(causal_lm(model))  # captured in the warm-up pass

@@ -53,8 +53,10 @@ KNOBS = {"loss_chunk": int, "cpp_wrapper": bool, "gradient_checkpointing": bool,
 
 def parse_variant(text):
     method, *knobs = text.split(":")
-    if method not in METHODS or not METHODS[method].TRAINS:
-        raise SystemExit(f"unknown method in variant {text!r}")
+    from peftbench.config import load_config
+
+    if method not in load_config(train_speed.ROOT / "config.yaml")["variants"]:
+        raise SystemExit(f"unknown variant of config.yaml in {text!r}")
     values = {}
     for knob in ",".join(knobs).split(",") if knobs else []:
         name, _, value = knob.partition("=")
@@ -107,24 +109,21 @@ def tokenizer_and_batches(model_dir, batch_size, steps, tiny):
 
 def build_variant(config, method, knobs, model_dir, tokenizer, tiny):
     """peftbench's trainable model and optimizer for a method, with the variant's training knobs."""
-    training = dict(config["training"])
+    kind, settings, training = train_speed.study_variant(method, tiny)
     if "gradient_checkpointing" in knobs:
         training["gradient_checkpointing"] = knobs["gradient_checkpointing"]
     if "checkpoint_layers" in knobs:
-        training["checkpoint_layers"] = {method: knobs["checkpoint_layers"]}
+        training["checkpoint_layers"] = knobs["checkpoint_layers"]
     if "recompute" in knobs:  # recompute=0 switches off what config.yaml switches on
-        training["recompute_elementwise"] = [method] if knobs["recompute"] else []
+        training["recompute_elementwise"] = bool(knobs["recompute"])
     if "cuda_graphs" in knobs:
         training["cuda_graphs"] = knobs["cuda_graphs"]
-    settings = dict(config["method_settings"][method])
-    if tiny and "rank" in settings:
-        settings["rank"] = 8
     if knobs.get("attention") == attention.NAME:
         attention.register()
     choice = (lambda device: knobs["attention"]) if "attention" in knobs else trainable_module.training_attention
     with mock.patch.object(trainable_module, "training_attention", choice):
         model, optimizer, scheduler, trainable = train_speed.peftbench_path(
-            method, model_dir, settings, training, tokenizer)
+            kind, model_dir, settings, training, tokenizer)
     if knobs.get("fp32_weights"):
         for p in trainable:  # before the first step: no graph, compiled code or optimizer state has seen them
             p.data = p.data.float()

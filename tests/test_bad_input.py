@@ -5,7 +5,8 @@ Where each bad input is tested:
 | bad input | what happens | test |
 |---|---|---|
 | unknown config key, wrong type, unknown method | `config error at <key>: ...` before anything runs | test_config.py::test_bad_config_names_the_key_in_one_line, test_workflow.py::test_bad_config_stops_the_workflow_with_one_line |
-| method listed without settings | `config error at method_settings: ...` | test_config.py::test_listed_method_needs_settings |
+| a compared name without a variant, a variant without (or with an unknown) kind, an unknown setting of its kind | `config error at variants.galore: unknown setting 'r' (kind galore takes: ...)` | test_config.py::test_bad_config_names_the_key_in_one_line |
+| an old-style config (`methods`, `method_settings`) | `config error: methods and method_settings are replaced by compare ... see the README, Comparing your own variants` | test_config.py::test_an_old_style_config_names_the_migration |
 | model id not found (with or without a token) | `model X not found ...: check model.id ... or set HF_TOKEN` | test_hub_model_errors_name_the_fix |
 | gated model, no token / a token without access | `model X is gated and no HF_TOKEN is set: accept its terms ... and set HF_TOKEN` | test_hub_model_errors_name_the_fix |
 | hub model or dataset not cached, offline | `... connect to the internet or unset HF_HUB_OFFLINE` | test_hub_errors.py |
@@ -44,7 +45,7 @@ from peftbench.errors import UserError
 from peftbench.model import prepare_model
 
 FAKE_TOKEN = "hf_peftbenchFakeToken0123456789abcdef"
-LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"], "lr": 1e-2}
+LORA = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"], "lr": 1e-2}
 TRAINING = {"epochs": 1, "batch_size": 2, "warmup_ratio": 0.0, "weight_decay": 0.0, "max_grad_norm": 1.0,
             "gradient_checkpointing": False, "trainable_tokens": ["<start_of_turn>", "<end_of_turn>"],
             "trainable_tokens_lr": 1e-2, "log_every": 1, "checkpoint_every": 1}
@@ -244,7 +245,7 @@ def test_with_a_log_file_only_the_fix_reaches_the_terminal(tmp_path):
 def test_an_unexpected_error_reaches_the_terminal_as_one_line(tmp_path):
     log = tmp_path / "score.log"
     result = subprocess.run([sys.executable, "-m", "peftbench", "score", "--generations", str(tmp_path / "none.jsonl"),
-                             "--method", "base", "--out", str(tmp_path / "s.json"), "--examples",
+                             "--variant", "base", "--out", str(tmp_path / "s.json"), "--examples",
                              str(tmp_path / "e.json"), "--log", str(log)], capture_output=True, text=True)
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
     assert result.stderr.startswith("peftbench score: unexpected FileNotFoundError: ")
@@ -261,7 +262,7 @@ def train_path(tmp_path):
 
 
 def train_argv(model_dir, train_path, out, checkpoints):
-    return ["train", "--method", "lora", "--model-dir", str(model_dir), "--train", str(train_path),
+    return ["train", "--variant", "my-lora", "--kind", "lora", "--model-dir", str(model_dir), "--train", str(train_path),
             "--settings", json.dumps(LORA), "--training", json.dumps(TRAINING), "--device", "cpu",
             "--out", str(out), "--checkpoints", str(checkpoints)]
 
@@ -284,7 +285,7 @@ def test_non_finite_loss_stops_and_names_the_step(poison, model_dir, train_path,
     assert cli.main(train_argv(model_dir, train_path, tmp_path / "out", tmp_path / "ckpt")) == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last == (f"peftbench train: error: loss is {poison} at step 3: lower the learning rate "
-                    "(method_settings.lora) or check the data")
+                    "(variants.my-lora.lr) or check the data")
     assert not (tmp_path / "out").exists()
 
 

@@ -11,16 +11,21 @@ from safetensors.torch import load_file
 
 import peftbench.train as train_module
 from peftbench.checkpoint import TENSORS, Checkpoints
-from peftbench.trainable import ADAPTER_DIR, FULL_WEIGHTS
+from peftbench.methods import TRAINED_KINDS
+from peftbench.trainable import ADAPTER_DIR, FULL_WEIGHTS, TURN_TOKENS
 
 SETTINGS = {
-    "lora": {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj", "v_proj", "down_proj"], "lr": 1e-2},
-    "qlora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "down_proj"], "lr": 1e-2},
+    "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.1, "target_modules": ["q_proj", "v_proj", "down_proj"], "lr": 1e-2},
+    "qlora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj", "down_proj"], "lr": 1e-2},
     # update_proj_gap 3: the projectors are recomputed after the resume point too
     "galore": {"rank": 4, "update_proj_gap": 3, "scale": 0.25, "target_modules": ["q_proj", "down_proj"], "lr": 1e-2},
-    "hybrid": {"r": 4, "alpha": 8, "dropout": 0.0, "lr": 1e-2, "rank": 4, "update_proj_gap": 3, "scale": 0.25,
+    "hybrid": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "lr": 1e-2, "rank": 4, "update_proj_gap": 3, "scale": 0.25,
                "galore_lr": 1e-2},
+    "full": {"lr": 1e-3},
+    # a peft method without trainable_token_indices: peftbench's own turn-token rows are checkpointed too
+    "loha": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj", "down_proj"], "lr": 1e-2},
 }
+KINDS = [*TRAINED_KINDS, "loha"]
 TRAINING = {"epochs": 2, "batch_size": 4, "warmup_ratio": 0.2, "weight_decay": 0.01, "max_grad_norm": 1.0,
             "gradient_checkpointing": False, "trainable_tokens": ["<start_of_turn>", "<end_of_turn>"],
             "trainable_tokens_lr": 1e-2, "log_every": 1, "checkpoint_every": 1}
@@ -54,17 +59,17 @@ def run(method, model_dir, train_path, out, checkpoints, training=TRAINING, kill
 
         monkeypatch.setattr(train_module, "training_step", step)
         with pytest.raises(Killed):
-            train_module.train(method, model_dir, train_path, SETTINGS[method], training, out, seed=1,
-                               device="cpu", checkpoint_dir=checkpoints)
+            train_module.train(method, method, model_dir, train_path, SETTINGS[method], training, out,
+                               seed=1, device="cpu", checkpoint_dir=checkpoints)
         monkeypatch.setattr(train_module, "training_step", real_step)
         assert not out.exists()  # a killed run leaves no output behind
         return None
-    return train_module.train(method, model_dir, train_path, SETTINGS[method], training, out, seed=1, device="cpu",
-                              checkpoint_dir=checkpoints)
+    return train_module.train(method, method, model_dir, train_path, SETTINGS[method], training, out, seed=1,
+                              device="cpu", checkpoint_dir=checkpoints)
 
 
 def trained_tensors(folder):
-    files = [folder / FULL_WEIGHTS, folder / ADAPTER_DIR / "adapter_model.safetensors"]
+    files = [folder / FULL_WEIGHTS, folder / ADAPTER_DIR / "adapter_model.safetensors", folder / TURN_TOKENS]
     return {f"{f.name}:{k}": v for f in files if f.exists() for k, v in load_file(f).items()}
 
 
@@ -74,7 +79,7 @@ def assert_bitwise_equal(a, b):
         assert torch.equal(a[name], b[name]), name
 
 
-@pytest.mark.parametrize("method", ["lora", "qlora", "galore", "hybrid"])
+@pytest.mark.parametrize("method", KINDS)
 def test_interrupted_training_resumes_to_the_same_weights(method, model_dir, train_path, tmp_path, monkeypatch):
     reference = run(method, model_dir, train_path, tmp_path / "ref", tmp_path / "ref-ckpt")
     assert not (tmp_path / "ref-ckpt").exists()  # removed once the output is saved
@@ -188,3 +193,12 @@ def test_training_time_counts_each_second_once(model_dir, train_path, tmp_path, 
     resumed = run("lora", model_dir, train_path, tmp_path / "out", tmp_path / "ckpt")
     assert 0 < resumed["train_seconds"] <= time.perf_counter() - started
     assert resumed["tokens_per_s"] == pytest.approx(resumed["tokens_seen"] / resumed["train_seconds"])
+
+
+def test_a_changed_memory_knob_resumes_rather_than_restarts(model_dir, train_path, tmp_path, monkeypatch):
+    """Memory knobs and how often to log change how a run goes, not what it learns: a run killed under one
+    setting resumes under another (the workflow does not even rerun a finished one: test_workflow.py)."""
+    run("lora", model_dir, train_path, tmp_path / "out", tmp_path / "ckpt", kill_after=2, monkeypatch=monkeypatch)
+    knobs = {**TRAINING, "checkpoint_layers": 1, "recompute_elementwise": True, "log_every": 3}
+    metrics = run("lora", model_dir, train_path, tmp_path / "out", tmp_path / "ckpt", training=knobs)
+    assert metrics["resumed_at_steps"] == [2] and metrics["checkpointed_layers"] == 1

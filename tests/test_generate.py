@@ -111,3 +111,18 @@ def test_killed_generation_resumes_after_the_last_finished_chunk(tmp_path, model
     assert calls == [3, 1]  # chunk 1 (3 prompts) was kept; chunks 2 and 3 are answered now
     assert read_jsonl(out) == read_jsonl(tmp_path / "whole.jsonl")
     assert not (tmp_path / ".resumed.jsonl.chunks").exists()
+
+
+def test_an_unmerged_adapter_decodes_on_the_plain_path_with_batch_size_zero(model, prompts, tokenizer, monkeypatch):
+    """A peft model that cannot be merged keeps its own forward: it decodes with generate, and batch_size 0
+    (as many as fit, the study's setting) sizes the plain path's batches too, where it used to crash."""
+    from peft import IA3Config, get_peft_model
+
+    unmerged = get_peft_model(model, IA3Config(target_modules=["v_proj", "down_proj"], feedforward_modules=["down_proj"],
+                                               task_type="CAUSAL_LM")).eval()
+    try:
+        assert not supports_fast_path(unmerged)
+        automatic = greedy_answers(unmerged, tokenizer, prompts[:4], 8, 0, "cpu")
+        assert automatic == greedy_answers(unmerged, tokenizer, prompts[:4], 8, 2, "cpu")
+    finally:
+        unmerged.unload()  # the module-scoped model, as it was

@@ -62,17 +62,27 @@ def test_a_padded_row_computes_what_the_unpadded_row_computes(monkeypatch, model
 # ----------------------------------------------------------------------------- on a GPU
 
 needs_gpu = pytest.mark.skipif(not attention.supported("cuda"), reason="CUDA graphs of FlashAttention need a GPU")
-GPU_CASES = [("lora", False), ("qlora", False), ("galore", False), ("hybrid", False), ("lora", True)]
+# Variants beyond one per kind: DoRA (LoRA's fast path with its magnitude vectors) and one other peft method.
+VARIANTS = {"dora": ("lora", {**SETTINGS["lora"], "use_dora": True}),
+            "loha": ("loha", {**METHODS["loha"].DEFAULTS, "r": 4, "alpha": 8, "lr": 1e-2})}
+GPU_CASES = [("lora", False), ("qlora", False), ("galore", False), ("hybrid", False), ("full", False),
+             ("dora", False), ("loha", False), ("lora", True), ("full", True), ("dora", True)]
+
+
+def kind_and_settings(name):
+    kind, settings = VARIANTS.get(name, (name, SETTINGS.get(name)))
+    return METHODS[kind], settings
 
 
 def gpu_build(method, model_dir, tokenizer, cuda_graphs, compile_layers):
-    if METHODS[method].quantization(SETTINGS[method]) is not None and importlib.util.find_spec("bitsandbytes") is None:
+    kind, settings = kind_and_settings(method)
+    if kind.quantization(settings) is not None and importlib.util.find_spec("bitsandbytes") is None:
         pytest.skip("bitsandbytes is not installed")
     # GaLore also checkpoints its first layer: the recomputed forward is captured in the backward graph.
     training = dict(TRAINING, compile=compile_layers, cuda_graphs=cuda_graphs, batch_size=SLOTS - 1,
-                    checkpoint_layers={"galore": 1})
+                    checkpoint_layers=1 if method == "galore" else 0)
     torch.manual_seed(0)
-    model, groups = build_trainable(METHODS[method], model_dir, SETTINGS[method], training, tokenizer, "cuda")
+    model, groups = build_trainable(kind, model_dir, settings, training, tokenizer, "cuda")
     model.train()
     return model, [p for group in groups for p in group], groups
 
@@ -104,13 +114,14 @@ def test_replayed_graphs_compute_the_eager_gradients(model_dir, tokenizer, examp
 
 
 @needs_gpu
-@pytest.mark.parametrize("method", ["lora", "galore"])
+@pytest.mark.parametrize("method", ["lora", "galore", "full", "dora"])
 def test_training_steps_with_graphs_follow_the_eager_steps(model_dir, tokenizer, examples, method):
     """The optimizer updates the weights in place between replays, and the graphs read the new values."""
     runs = []
     for cuda_graphs in (False, True):
         model, trained, groups = gpu_build(method, model_dir, tokenizer, cuda_graphs, False)
-        optimizer = METHODS[method].optimizer(groups, SETTINGS[method], TRAINING)
+        kind, settings = kind_and_settings(method)
+        optimizer = kind.optimizer(groups, settings, TRAINING)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
         losses = [training_step(model, optimizer, scheduler, batch, trained, 1.0)[0].float()
                   for batch in (examples, examples[:1], examples, examples[:1])]

@@ -3,22 +3,19 @@ import pytest
 import torch
 
 from peftbench.chat import encode_chat
-from peftbench.methods import METHODS
+from peftbench.methods import METHODS, TRAINED_KINDS
 from peftbench.train import answer_loss, collate, pack, training_step
-from peftbench.trainable import build_trainable, causal_lm, load_for_eval, save_trained
+from peftbench.trainable import TokenRows, build_trainable, causal_lm, load_for_eval, save_trained
 
 ATTENTION = {"q_proj", "k_proj", "v_proj", "o_proj"}
 MLP = {"gate_proj", "up_proj", "down_proj"}
 TRAINING = {"gradient_checkpointing": False, "compile": True, "trainable_tokens": ["<start_of_turn>", "<end_of_turn>"],
             "trainable_tokens_lr": 1e-2, "weight_decay": 0.0}
-SETTINGS = {
-    "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": sorted(ATTENTION | MLP), "lr": 1e-2},
-    "qlora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": sorted(ATTENTION | MLP), "lr": 1e-2},
-    "galore": {"rank": 4, "update_proj_gap": 10, "scale": 0.25, "target_modules": sorted(ATTENTION | MLP),
-               "lr": 1e-2},
-    "hybrid": {"r": 4, "alpha": 8, "dropout": 0.0, "lr": 1e-2, "rank": 4, "update_proj_gap": 10, "scale": 0.25,
-               "galore_lr": 1e-2},
-}
+# Each kind's defaults, made tiny where they size the model's adapters or projections.
+TINY = {"lora": {"r": 4, "lora_alpha": 8, "lr": 1e-2}, "qlora": {"r": 4, "lora_alpha": 8, "lr": 1e-2},
+        "galore": {"rank": 4, "update_proj_gap": 10, "lr": 1e-2},
+        "hybrid": {"r": 4, "lora_alpha": 8, "lr": 1e-2, "rank": 4, "update_proj_gap": 10, "galore_lr": 1e-2}}
+SETTINGS = {kind: {**METHODS[kind].DEFAULTS, **TINY.get(kind, {})} for kind in TRAINED_KINDS}
 CONVERSATIONS = [
     [{"role": "user", "content": "What does the Python function do?"},
      {"role": "assistant", "content": "It returns the value of the argument."}],
@@ -110,34 +107,39 @@ def one_step(method, model, groups, tokenizer):
     optimizer.step()
 
 
-@pytest.mark.parametrize("method", ["lora", "qlora", "galore", "hybrid"])
+@pytest.mark.parametrize("method", TRAINED_KINDS)
 def test_one_step_changes_only_the_trained_parameters(method, model_dir, tokenizer):
     model, groups = build(method, model_dir, tokenizer)
     before = base_state(model)
     one_step(method, model, groups, tokenizer)
     after = base_state(model)
     changed = {n for n in before if not torch.equal(before[n], after[n])}
+    # what changed is exactly what trains (a kind added later is checked by this alone)
+    assert changed == {n for n, t in causal_lm(model).state_dict(keep_vars=True).items() if t.requires_grad}
     kinds = {leaf(n) for n in changed}
     expected = {"lora": {(p, "lora") for p in ATTENTION | MLP},
                 "qlora": {(p, "lora") for p in ATTENTION | MLP},
                 "galore": {(p, "full") for p in ATTENTION | MLP},
-                "hybrid": {(p, "full") for p in ATTENTION} | {(p, "lora") for p in MLP}}[method]
-    assert kinds == expected | {(None, "tokens")}
+                "hybrid": {(p, "full") for p in ATTENTION} | {(p, "lora") for p in MLP}}.get(method)
+    if method == "full":
+        return
+    if expected is not None:
+        assert kinds == expected | {(None, "tokens")}
     # Embedding, norms and (4-bit) base weights are untouched.
     assert not any("norm" in n or n.endswith("embed_tokens.weight") or "base_layer" in n for n in changed)
 
 
 RECOMPUTE = {"full": {"gradient_checkpointing": True},
-             "first layer": {"checkpoint_layers": {m: 1 for m in ["lora", "qlora", "galore", "hybrid"]}},
-             "elementwise": {"recompute_elementwise": ["lora", "qlora", "galore", "hybrid"]}}
+             "first layer": {"checkpoint_layers": 1},
+             "elementwise": {"recompute_elementwise": True}}
 
 
 @pytest.mark.parametrize("recompute", ["full", "first layer", "elementwise"])
-@pytest.mark.parametrize("method", ["lora", "qlora", "galore", "hybrid"])
+@pytest.mark.parametrize("method", TRAINED_KINDS)
 def test_recomputation_trains_the_same_weights(method, recompute, model_dir, tokenizer):
     """The memory knobs recompute in backward what the forward did not keep: each layer's whole forward
     (training.gradient_checkpointing, the knob the out-of-memory error names), the first layers' whole
-    forward (training.checkpoint_layers) or only the elementwise work (training.recompute_elementwise).
+    forward (the checkpoint_layers knob) or only the elementwise work (the recompute_elementwise knob).
     Two training steps end with the weights of a run without."""
     examples = [encode_chat(tokenizer, c) for c in CONVERSATIONS]
     trained = []
@@ -185,7 +187,7 @@ def test_recompute_elementwise_keeps_the_products_and_redoes_the_rest(model_dir,
     """Selective recomputation: backward runs no more matrix products than without it (their outputs were
     kept), unlike full checkpointing, but redoes elementwise work (norms, rotary, gelu) it did not keep."""
     default = backward_ops(model_dir, tokenizer)
-    elementwise = backward_ops(model_dir, tokenizer, recompute_elementwise=["galore"])
+    elementwise = backward_ops(model_dir, tokenizer, recompute_elementwise=True)
     full = backward_ops(model_dir, tokenizer, gradient_checkpointing=True)
     assert elementwise["mm"] == default["mm"] < full["mm"]
     assert elementwise["mul"] > default["mul"]
@@ -193,32 +195,72 @@ def test_recompute_elementwise_keeps_the_products_and_redoes_the_rest(model_dir,
 
 
 def test_checkpoint_layers_recomputes_the_first_layers_only(model_dir, tokenizer):
-    """training.checkpoint_layers checkpoints that many layers from the first, for that method only;
-    gradient_checkpointing: true checkpoints every layer whatever it says."""
+    """A variant's checkpoint_layers knob checkpoints that many layers from the first; gradient_checkpointing:
+    true checkpoints every layer whatever it says."""
     def checkpointed(method, **training):
         model, _ = build_trainable(METHODS[method], model_dir, SETTINGS[method], dict(TRAINING, **training),
                                    tokenizer, "cpu")
         return [layer.gradient_checkpointing for layer in causal_lm(model).model.layers]
 
-    assert checkpointed("galore", checkpoint_layers={"galore": 1}) == [True, False]
-    assert checkpointed("lora", checkpoint_layers={"galore": 1}) == [False, False]
-    assert checkpointed("galore", checkpoint_layers={"galore": 5}) == [True, True]
-    assert checkpointed("galore", checkpoint_layers={"galore": 1}, gradient_checkpointing=True) == [True, True]
+    assert checkpointed("galore", checkpoint_layers=1) == [True, False]
+    assert checkpointed("lora", checkpoint_layers=1) == [True, False]
+    assert checkpointed("lora") == [False, False]
+    assert checkpointed("galore", checkpoint_layers=5) == [True, True]
+    assert checkpointed("galore", checkpoint_layers=1, gradient_checkpointing=True) == [True, True]
     default = backward_ops(model_dir, tokenizer)
-    first = backward_ops(model_dir, tokenizer, checkpoint_layers={"galore": 1})
+    first = backward_ops(model_dir, tokenizer, checkpoint_layers=1)
     full = backward_ops(model_dir, tokenizer, gradient_checkpointing=True)
     assert default["mm"] < first["mm"] < full["mm"]
 
 
-@pytest.mark.parametrize("method", ["lora", "qlora", "galore", "hybrid"])
+# LoRA variants through LoraConfig keywords; PiSSA and OLoRA change the base weights at initialisation,
+# so what is saved must be converted to apply to the original weights.
+LORA_VARIANTS = {"dora": {"use_dora": True}, "rslora": {"use_rslora": True}, "pissa": {"init_lora_weights": "pissa"},
+                 "olora": {"init_lora_weights": "olora"}}
+
+
+# Other peft methods, built from their config classes' keywords (tiny sizes), and full fine-tuning.
+OTHER_KINDS = {"loha": {"r": 4, "alpha": 8}, "lokr": {"r": 4, "alpha": 8}, "ia3": {}, "vera": {"r": 8},
+               "oft": {"oft_block_size": 16}, "full": {}}
+
+
+@pytest.mark.parametrize("kind", OTHER_KINDS)
+def test_other_kinds_train_what_they_say_and_reload_as_trained(kind, model_dir, tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setitem(SETTINGS, kind, {**METHODS[kind].DEFAULTS, **OTHER_KINDS[kind], "lr": 1e-2})
+    model, groups = build(kind, model_dir, tokenizer)
+    names = {id(p): n for n, p in model.named_parameters()}
+    if kind == "full":  # every weight, the embedding (and its turn-token rows) included; nothing else
+        assert not groups.adapter and not groups.tokens
+        assert {names[id(p)] for p in groups.full_rank} == {n for n, _ in causal_lm(model).named_parameters()}
+    else:  # the method's adapters on every projection, and peftbench's own turn-token rows
+        assert {leaf(names[id(p)])[0] for p in groups.adapter} == ATTENTION | MLP
+        assert [names[id(p)].split(".")[-2:] for p in groups.tokens] == [["turn_token_rows", "rows"]]
+    before = base_state(model)
+    one_step(kind, model, groups, tokenizer)
+    after = base_state(model)
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert ("model.embed_tokens.weight" in changed) == (kind == "full")
+    assert all(p.grad is not None for p in groups.tokens)
+    test_saved_model_reloads_with_the_same_logits(kind, model_dir, tokenizer, tmp_path / "saved")
+
+
+@pytest.mark.parametrize("variant", LORA_VARIANTS)
+def test_lora_variants_reload_as_trained(variant, model_dir, tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setitem(SETTINGS, "lora", {**SETTINGS["lora"], **LORA_VARIANTS[variant]})
+    test_saved_model_reloads_with_the_same_logits("lora", model_dir, tokenizer, tmp_path)
+
+
+@pytest.mark.parametrize("method", TRAINED_KINDS)
 def test_saved_model_reloads_with_the_same_logits(method, model_dir, tokenizer, tmp_path):
     model, groups = build(method, model_dir, tokenizer)
     one_step(method, model, groups, tokenizer)
     model.eval()
     input_ids, _, attention_mask = collate([encode_chat(tokenizer, c) for c in CONVERSATIONS],
                                            tokenizer.pad_token_id, "cpu")
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        trained_logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # the training path's logits
+        rows, lm = TokenRows(causal_lm(model)), causal_lm(model)
+        hidden = lm.model(inputs_embeds=rows.embed(input_ids), attention_mask=attention_mask).last_hidden_state
+        trained_logits = rows.logits(hidden).float()
     save_trained(model, METHODS[method], SETTINGS[method], tmp_path)
     reloaded = load_for_eval(METHODS[method], model_dir, tmp_path, SETTINGS[method], "cpu")
     with torch.no_grad():

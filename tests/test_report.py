@@ -27,7 +27,7 @@ def test_report_shows_seed_spread_intervals_significance_and_plots(tmp_path, dem
     comparison = compare(paths, samples=300)
     comparison.update(bleu_signature="nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0",
                       rouge={"type": "rougeL", "use_stemmer": True})
-    config = {**demo_config, "methods": ["base", "lora", "qlora"], "seeds": [0, 1, 2]}
+    config = {**demo_config, "compare": ["base", "lora", "qlora"], "seeds": [0, 1, 2]}
     metrics = {m: [train_metrics(m, s) for s in (0, 1, 2)] for m in ("lora", "qlora")}
     for run in metrics["qlora"]:
         run.update(decoder_layers=26, checkpointed_layers=10, recompute_elementwise=False)
@@ -40,13 +40,15 @@ def test_report_shows_seed_spread_intervals_significance_and_plots(tmp_path, dem
     build_report(config, comparison, metrics, MANIFEST, [], out)
     report = out.read_text()
     lora = comparison["methods"]["lora"]["overall"]["bleu"]
-    assert re.search(rf"^\| lora +\| 3 +\| [\d.]+ +\| {lora['mean']:.1f} ± {lora['sd']:.1f} +\|", report, re.M)
-    assert re.search(r"^\| lora +\| 3 +(\|[^|]+){4}\| 1\.60 ± 0\.10 +\| 11 ± 1 +\| 299 ± 1 +\|", report, re.M)
+    row = r"^\| lora +\| lora +\| 0\.0005 +\| 3 +"  # variant, kind, learning rate, seeds
+    assert re.search(rf"{row}\| [\d.]+ +\| {lora['mean']:.1f} ± {lora['sd']:.1f} +\|", report, re.M)
+    assert re.search(rf"{row}(\|[^|]+){{4}}\| 1\.60 ± 0\.10 +\| 11 ± 1 +\| 299 ± 1 +\|", report, re.M)
     # lora (every answer right on seed 0) beats the base significantly; lora and qlora are the same answers.
     assert re.search(r"^\| lora - base +\| \+[\d.]+ \[[\d.]+, [\d.]+\] +\| \*\*yes\*\* \(p < 0\.0033\)", report, re.M)
     assert re.search(r"^\| lora - qlora +\| \+0\.0 \[0\.0, 0\.0\] +\| no \(p = 1\.000\)", report, re.M)
-    assert re.search(r"^\| base +\| — +\| ", report, re.M)  # one run, no seed spread
-    assert "- **qlora** recomputed the forward of 10 of its 26 decoder layers in backward (`training.checkpoint_layers`)" \
+    assert re.search(r"^\| base +\| base +\| — +\| — +\| ", report, re.M)  # one run, no seed spread
+    assert "- **qlora** (kind `qlora`): LoRA adapters on a frozen 4-bit NF4 base" in report
+    assert "- **qlora** recomputed the forward of 10 of its 26 decoder layers in backward (`checkpoint_layers`)" \
         in report and "**lora** recomputed" not in report
     assert ("training attention: peftbench_varlen; the decoder's forward and backward replayed as CUDA graphs, "
             "rows padded to a multiple of 256 tokens (up to 31 row lengths captured per run, 95 s at most") in report
@@ -56,3 +58,26 @@ def test_report_shows_seed_spread_intervals_significance_and_plots(tmp_path, dem
     page = (out.parent / "report.html").read_text()  # the same page for Snakemake's HTML report
     tables = len(re.findall(r"^\|[-:| ]+\|$", report, re.M))  # one separator row per markdown table
     assert tables == 5 and page.count("<table>") == tables and page.count("data:image/png;base64,") == 3
+
+
+def test_a_dozen_variants_keep_the_page_readable(tmp_path, demo_config):
+    """Past ten pairs, the page shows each variant against the base and against the best; every pair stays in
+    comparison.json. Each row names its kind, and each variant line what differs from its kind's defaults."""
+    names = [f"lora-r{r}" for r in (2, 4, 8, 16, 32, 64)]
+    paths = [write_run(tmp_path, "base", None, degraded(6))]
+    paths += [write_run(tmp_path, name, 0, degraded(1 + i)) for i, name in enumerate(names)]
+    comparison = compare(paths, samples=200)
+    comparison.update(bleu_signature="nrefs:1", rouge={"type": "rougeL", "use_stemmer": True})
+    variants = {**demo_config["variants"], **{n: {"kind": "lora", "r": int(n[6:])} for n in names}}
+    config = {**demo_config, "compare": ["base", *names], "seeds": [0], "variants": variants}
+    metrics = {n: [train_metrics(n, 0)] for n in names}
+    out = tmp_path / "report" / "report.md"
+    build_report(config, comparison, metrics, MANIFEST, [], out)
+    report = out.read_text()
+    assert len(comparison["differences"]) == 6 + 15
+    shown = re.findall(r"^\| (\S+ - \S+) +\|", report, re.M)
+    best = "lora-r2"  # every answer right
+    assert shown and all(name.endswith(" - base") or best in name.split(" - ") for name in shown)
+    assert len(shown) == 6 + 5 and f"best variant by BLEU-4 (**{best}**)" in report
+    assert "- **lora-r64** (kind `lora`): LoRA adapters" in report and '`{"r": 64}`' in report
+    assert re.search(r"^\| lora-r8 +\| lora +\| 0\.0002 +\| 1 +\|", report, re.M)  # the kind's default rate

@@ -18,7 +18,7 @@ from test_workflow import overlay
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = [str(ROOT / "scripts" / "slurm_cluster.sh")]
-METHODS = ["base", "lora"]  # one untrained and one trained method (one seed): every rule, 9 jobs
+METHODS = ["base", "lora"]  # one untrained and one trained variant (one seed): every rule, 9 jobs
 RUNS = {"base": "base", "lora": "lora/seed0"}
 pytestmark = pytest.mark.integration
 
@@ -64,11 +64,11 @@ def finish(run):
 def runs(tmp_path_factory, model_dir, slurm_env):
     """The same tiny DAG run locally and through profiles/slurm, at once, into two output folders."""
     local_dir, slurm_dir = tmp_path_factory.mktemp("local"), tmp_path_factory.mktemp("slurm")
-    local = start_snakemake("--cores", "2", "--configfile", str(overlay(local_dir, model_dir, methods=METHODS, seeds=[0])))
+    local = start_snakemake("--cores", "2", "--configfile", str(overlay(local_dir, model_dir, compare=METHODS, seeds=[0])))
     env = {**slurm_env, "SBATCH_PARTITION": "gpu", "SBATCH_ACCOUNT": "peftbench"}  # read by the profile
     slurm = start_snakemake(
         "--workflow-profile", str(ROOT / "profiles" / "slurm"),
-        "--configfile", str(overlay(slurm_dir, model_dir, methods=METHODS, seeds=[0])),
+        "--configfile", str(overlay(slurm_dir, model_dir, compare=METHODS, seeds=[0])),
         "--set-resources", "train:gpu=0", "generate:gpu=0",  # no GPU here; all other requests as profiled
         "--slurm-init-seconds-before-status-checks", "5",
         "--slurm-logdir", str(slurm_dir / "slurm_logs"), "--slurm-keep-successful-logs",
@@ -120,7 +120,7 @@ def test_slurm_results_equal_the_local_run(runs):
 
 def test_profiles_parse_and_keep_code_changes_from_rerunning(tmp_path, model_dir):
     """Both profiles load (dry run), and both leave `code` out of the rerun triggers."""
-    config = str(overlay(tmp_path, model_dir, methods=METHODS, seeds=[0]))
+    config = str(overlay(tmp_path, model_dir, compare=METHODS, seeds=[0]))
     for profile in ("default", "slurm"):
         settings = yaml.safe_load((ROOT / "profiles" / profile / "config.yaml").read_text())
         assert settings["rerun-triggers"] == ["mtime", "params", "input"]

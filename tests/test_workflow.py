@@ -12,10 +12,17 @@ import torch
 import yaml
 
 from peftbench.methods import METHODS
+from peftbench.report import shown_differences
 from peftbench.trainable import load_for_eval
+from peftbench.variants import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
-ALL_METHODS = ["base", "lora", "qlora", "galore", "hybrid"]
+# Every kind of peftbench, three more variants of lora (another rank, DoRA, PiSSA) and one other peft method.
+ALL_METHODS = ["base", "lora", "lora-r2", "dora", "pissa", "loha", "qlora", "galore", "hybrid", "full"]
+VARIANTS = {"lora-r2": {"kind": "lora", "r": 2, "lora_alpha": 4}, "dora": {"kind": "lora", "use_dora": True},
+            "pissa": {"kind": "lora", "init_lora_weights": "pissa"}, "loha": {"kind": "loha", "r": 4, "alpha": 8},
+            "galore": {"rank": 8}, "hybrid": {"rank": 8}, "full": {"lr": 1.0e-4}}
+TRAINED = len(ALL_METHODS) - 1
 SEEDS = [0, 1]
 RUNS = ["base"] + [f"{m}/seed{s}" for m in ALL_METHODS[1:] for s in SEEDS]
 pytestmark = pytest.mark.integration
@@ -39,11 +46,11 @@ def overlay(tmp_path, model_dir, **changes):
              "train": {"split": split, "n": 8}, "test": {"split": test_split, "n": 3}}
             for name, split, test_split in [("alpaca", "train", "train"), ("tulu", "train", "train"),
                                             ("ultrachat", "train_sft", "test_sft")]]},
-        "methods": ALL_METHODS,
+        "compare": ALL_METHODS,
         "seeds": SEEDS,
         "bootstrap": {"samples": 200, "confidence": 0.95},
         "training": {"epochs": 1, "batch_size": 4, "log_every": 1},
-        "method_settings": {"galore": {"rank": 8}, "hybrid": {"rank": 8}},
+        "variants": VARIANTS,
         "generation": {"max_new_tokens": 8, "batch_size": 4},
         **changes,
     }
@@ -86,10 +93,13 @@ def test_report_has_seed_spread_intervals_and_significance(finished_run):
     assert comparison["seeds"] == {"base": [None], **{m: SEEDS for m in ALL_METHODS[1:]}}
     lora = comparison["methods"]["lora"]["overall"]["bleu"]
     assert len(lora["per_seed"]) == 2 and lora["sd"] is not None and lora["ci"][0] <= lora["mean"] <= lora["ci"][1]
-    assert len(comparison["differences"]) == 4 + 6  # each trained method vs base, and every trained pair
-    # Trained rows show mean ± sd over the 2 seeds; every difference is listed with its verdict.
-    assert re.search(r"^\| lora +\| 2 +\| [\d.]+ +\| [\d.]+ ± [\d.]+ +\|", report, re.M)
-    for name in comparison["differences"]:
+    assert len(comparison["differences"]) == TRAINED + TRAINED * (TRAINED - 1) // 2  # vs base, and every pair
+    # Trained rows show kind, rate, and mean ± sd over the 2 seeds; the page lists each difference against the
+    # base and against the best variant with its verdict (comparison.json has them all).
+    assert re.search(r"^\| dora +\| lora +\| 0\.0002 +\| 2 +\| [\d.]+ +\| [\d.]+ ± [\d.]+ +\|", report, re.M)
+    shown = shown_differences(comparison)
+    assert len(shown) == TRAINED + TRAINED - 1
+    for name in shown:
         assert re.search(rf"^\| {name} +\| [+-][\d.]+ \[[-\d.]+, [-\d.]+\] +\| (\*\*yes\*\*|no) \(p [=<] ", report, re.M)
     for source in ("alpaca", "tulu", "ultrachat"):
         assert f"{source} BLEU-4" in report
@@ -125,20 +135,19 @@ def test_train_metrics_are_complete(finished_run):
 
 def test_trained_adapter_loads_and_changes_the_model(finished_run, model_dir):
     results, config = finished_run
-    settings = yaml.safe_load(config.read_text())["method_settings"]
     input_ids = torch.tensor([[2, 10, 20, 30, 40, 50]])
     base = load_for_eval(METHODS["base"], model_dir, None, {}, "cpu")
     with torch.no_grad():
         base_logits = base(input_ids=input_ids).logits
     from peftbench.config import load_config
 
-    full = load_config(ROOT / "config.yaml", config)
-    for method in ("lora", "qlora", "galore", "hybrid"):
-        model = load_for_eval(METHODS[method], model_dir, results / method / "seed0" / "trained",
-                              full["method_settings"][method], "cpu")
+    variants = resolve(load_config(ROOT / "config.yaml", config))
+    assert variants["dora"].settings["use_dora"] and variants["lora-r2"].settings["r"] == 2
+    for variant in list(variants.values())[1:]:
+        model = load_for_eval(METHODS[variant.kind], model_dir, results / variant.name / "seed0" / "trained",
+                              variant.settings, "cpu")
         with torch.no_grad():
-            assert not torch.allclose(model(input_ids=input_ids).logits, base_logits), method
-    assert settings  # the overlay did change method settings
+            assert not torch.allclose(model(input_ids=input_ids).logits, base_logits), variant.name
 
 
 def test_nothing_to_do_on_rerun_and_one_method_reruns_alone(finished_run):
@@ -152,10 +161,39 @@ def test_nothing_to_do_on_rerun_and_one_method_reruns_alone(finished_run):
 
 
 def test_bad_config_stops_the_workflow_with_one_line(tmp_path, model_dir):
-    config = overlay(tmp_path, model_dir, methods=["base", "dora"])
+    config = overlay(tmp_path, model_dir, compare=["base", "doora"])
     result = snakemake("--configfile", str(config), "-n", check=False)
     assert result.returncode != 0
-    assert "peftbench: config error at methods.1: 'dora' is not one of" in result.stdout + result.stderr
+    assert "peftbench: config error at compare: 'doora' is not defined under variants" in result.stdout + result.stderr
+
+
+def changed_plan(finished_run, tmp_path, change):
+    results, config = finished_run
+    changed = yaml.safe_load(config.read_text())
+    change(changed)
+    path = tmp_path / "changed.yaml"
+    path.write_text(yaml.safe_dump(changed))
+    return planned_jobs(snakemake("--configfile", str(path), "-n"))
+
+
+def test_one_variants_learning_rate_reruns_that_variant_alone(finished_run, tmp_path):
+    plan = changed_plan(finished_run, tmp_path, lambda c: c["variants"]["lora-r2"].update(lr=1e-3))
+    assert plan == {"train": "2", "generate": "2", "score": "2", "compare": "1", "report": "1", "all": "1",
+                    "total": "9"}
+
+
+def test_a_memory_knob_retrains_nothing(finished_run, tmp_path):
+    def change(config):
+        config["variants"]["galore"].update(checkpoint_layers=0, recompute_elementwise=False)
+        config["training"].update(log_every=5, checkpoint_every=3)
+
+    plan = changed_plan(finished_run, tmp_path, change)  # the report (seconds) reads the config: it reruns
+    assert not {"train", "generate", "score", "compare"} & set(plan), plan
+
+
+def test_a_shared_setting_reruns_every_variant(finished_run, tmp_path):
+    plan = changed_plan(finished_run, tmp_path, lambda c: c["training"].update(warmup_ratio=0.5))
+    assert plan["train"] == str(TRAINED * len(SEEDS)) and plan["generate"] == str(TRAINED * len(SEEDS))
 
 
 def test_lint_is_clean():
@@ -227,3 +265,12 @@ def test_builtin_data_reruns_when_its_generator_or_python_changes():
         "python": platform.python_version()}
     study = yaml.safe_load((ROOT / "config.yaml").read_text())
     assert builtin_data_version(study["data"]) is None  # hub sources: the revision is their version
+
+
+def test_a_setting_peft_refuses_stops_the_run_before_any_step(tmp_path, model_dir):
+    config = overlay(tmp_path, model_dir, compare=["base", "odd"], variants={"odd": {"kind": "loha", "rr": 8}})
+    result = snakemake("--configfile", str(config), check=False)
+    assert result.returncode != 0
+    assert ("peftbench: config error at variants.odd: peft refuses its settings for kind loha"
+            in result.stdout + result.stderr)
+    assert not (tmp_path / "results" / "model").exists()  # nothing ran

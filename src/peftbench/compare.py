@@ -91,10 +91,12 @@ def difference(score_a, score_b, confidence):
     return out
 
 
-def pairs(methods):
-    """Each trained method against the base, then every pair of trained methods (in config order)."""
-    trained = [m for m in methods if m != "base"]
-    return ([(m, "base") for m in trained] if "base" in methods else []) + list(itertools.combinations(trained, 2))
+def pairs(methods, untrained=("base",)):
+    """Each trained variant against the (first) untrained one, then every pair of trained variants (in config
+    order). The report shows those against the base and against the best; comparison.json holds them all."""
+    trained = [m for m in methods if m not in untrained]
+    base = next((m for m in methods if m in untrained), None)
+    return ([(m, base) for m in trained] if base else []) + list(itertools.combinations(trained, 2))
 
 
 def compare(example_paths, samples=1000, confidence=0.95, seed=0):
@@ -103,13 +105,15 @@ def compare(example_paths, samples=1000, confidence=0.95, seed=0):
     subsets = {"overall": np.arange(len(sources))}
     subsets.update({name: np.flatnonzero(np.asarray(sources) == name) for name in sorted(set(sources))})
     rng = np.random.default_rng(seed)
+    untrained = [m for m, seeds in runs.items() if seeds[0]["seed"] is None]  # scored once, without a seed
     result = {
         "bootstrap": {"samples": samples, "confidence": confidence, "seed": seed, "unit": "test prompt",
                       "paired": True, "seeds": "mean over seeds of each seed's score, recomputed per resample"},
         "n": {name: len(columns) for name, columns in subsets.items()},
         "seeds": {method: [r["seed"] for r in seeds] for method, seeds in runs.items()},
         "methods": {method: {} for method in runs},
-        "differences": {f"{a} - {b}": {} for a, b in pairs(list(runs))},
+        "untrained": untrained,
+        "differences": {f"{a} - {b}": {} for a, b in pairs(list(runs), untrained)},
     }
     all_weights = resample_weights(sources, samples, rng)  # shared by every method (paired) and every subset
     for name, columns in subsets.items():
@@ -117,7 +121,7 @@ def compare(example_paths, samples=1000, confidence=0.95, seed=0):
         scores = {method: seed_mean_scores(seeds, weights, columns) for method, seeds in runs.items()}
         for method, score in scores.items():
             result["methods"][method][name] = summarize(score, confidence)
-        for a, b in pairs(list(runs)):
+        for a, b in pairs(list(runs), untrained):
             result["differences"][f"{a} - {b}"][name] = difference(scores[a], scores[b], confidence)
     return result
 

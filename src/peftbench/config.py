@@ -15,6 +15,9 @@ def _key_path(error) -> str:
 
 def validate_config(config: dict) -> dict:
     """Raise UserError naming the first bad key; return the config unchanged when it is valid."""
+    from peftbench.variants import check_old_style
+
+    check_old_style(config)  # before the schema, which would only say "unknown key"
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
@@ -26,9 +29,9 @@ def validate_config(config: dict) -> dict:
         elif error.validator == "oneOf":
             message = "give exactly one of hub, builtin or files"
         raise UserError(f"config error at {_key_path(error)}: {message} (see {SCHEMA_PATH.name})")
-    for method in config["methods"]:
-        if method != "base" and method not in config["method_settings"]:
-            raise UserError(f"config error at method_settings: method {method!r} is listed but has no settings")
+    from peftbench.variants import resolve
+
+    resolve(config)  # every compared variant's kind and settings
     return config
 
 

@@ -1,4 +1,4 @@
-"""generate_<method>: greedy answers of the trained model to every test prompt -> generations.jsonl.
+"""generate: greedy answers of the trained model to every test prompt -> generations.jsonl.
 
 Prompts are batched by length (left-padded), decoding is greedy with a fixed max_new_tokens, and each
 answer stops at <end_of_turn> (or <eos>). The model is the trained one, rebuilt by trainable.load_for_eval:
@@ -135,7 +135,8 @@ def decode_answers(tokenizer, ids):
 def supports_fast_path(model):
     config = model.config
     return (
-        config.model_type == "gemma3_text"  # a model whose forward takes a {layer type: 4D mask} mapping
+        not hasattr(model, "peft_config")  # an adapter peft cannot merge runs through its own forward
+        and config.model_type == "gemma3_text"  # a model whose forward takes a {layer type: 4D mask} mapping
         and config._attn_implementation in ("sdpa", "eager")
         and set(config.layer_types) <= FAST_LAYER_TYPES
     )
@@ -302,6 +303,9 @@ def fast_greedy_ids(model, prompts, max_new_tokens, batch_size, pad_id, stop_ids
 def greedy_answers(model, tokenizer, prompts, max_new_tokens, batch_size, device):
     """Greedy continuation of each prompt (lists of token ids), cut at the end of the turn; returns texts."""
     ids_of = fast_greedy_ids if supports_fast_path(model) else plain_greedy_ids
+    if not batch_size and ids_of is plain_greedy_ids:  # 0: as many as fit, which the fast path sizes itself
+        longest = max(map(len, prompts)) + max_new_tokens
+        batch_size = auto_batch_size(model, longest)
     ids = ids_of(model, prompts, max_new_tokens, batch_size, tokenizer.pad_token_id, stop_ids_of(tokenizer), device)
     return decode_answers(tokenizer, ids)
 
@@ -309,9 +313,9 @@ def greedy_answers(model, tokenizer, prompts, max_new_tokens, batch_size, device
 CHUNK_PROMPTS = 2048  # answers are saved every this many prompts, so a killed run loses at most one chunk
 
 
-def _resume_key(method_name, trained_dir, test_path, settings, generation, dtype):
+def _resume_key(kind_name, trained_dir, test_path, settings, generation, dtype):
     """A hash of everything the answers depend on: a chunk saved under another key is never reused."""
-    digest = hashlib.sha256(json.dumps([method_name, settings, generation, dtype], sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps([kind_name, settings, generation, dtype], sort_keys=True).encode())
     files = [Path(test_path)] + (sorted(p for p in Path(trained_dir).rglob("*") if p.is_file()) if trained_dir else [])
     for path in files:
         digest.update(path.name.encode())
@@ -321,7 +325,7 @@ def _resume_key(method_name, trained_dir, test_path, settings, generation, dtype
     return digest.hexdigest()[:16]
 
 
-def generate(method_name, model_dir, trained_dir, test_path, settings, generation, out_path,
+def generate(kind_name, model_dir, trained_dir, test_path, settings, generation, out_path,
              dtype="bfloat16", device="auto", chunk_prompts=None):
     """Answer every test prompt, chunk by chunk. Finished chunks are kept beside out_path (not in it:
     Snakemake deletes a job's outputs before it reruns), so a rerun after a kill resumes after the
@@ -330,7 +334,7 @@ def generate(method_name, model_dir, trained_dir, test_path, settings, generatio
     chunk_prompts = chunk_prompts or generation.get("chunk_prompts", CHUNK_PROMPTS)
     out_path = Path(out_path)
     chunks_root = out_path.parent / f".{out_path.name}.chunks"
-    key = _resume_key(method_name, trained_dir, test_path, settings, generation, dtype)
+    key = _resume_key(kind_name, trained_dir, test_path, settings, generation, dtype)
     for stale in chunks_root.glob("*"):
         if stale.name != key:
             shutil.rmtree(stale)
@@ -343,11 +347,11 @@ def generate(method_name, model_dir, trained_dir, test_path, settings, generatio
         chunk_path = chunk_dir / f"{first:08d}.json"
         if chunk_path.exists():
             answers += read_json(chunk_path)
-            log.info("%s: prompts %d-%d already answered (resumed)", method_name, first, first + chunk_prompts)
+            log.info("%s: prompts %d-%d already answered (resumed)", out_path.parent.name, first, first + chunk_prompts)
             continue
         if model is None:  # load only when something is left to do
             tokenizer = load_tokenizer(model_dir)
-            model = load_for_eval(METHODS[method_name], model_dir, trained_dir, settings, device, dtype)
+            model = load_for_eval(METHODS[kind_name], model_dir, trained_dir, settings, device, dtype)
         prompts = [encode_prompt(tokenizer, prompt) for prompt, _ in split[first : first + chunk_prompts]]
         try:
             chunk = greedy_answers(model, tokenizer, prompts, generation["max_new_tokens"],
@@ -357,7 +361,7 @@ def generate(method_name, model_dir, trained_dir, test_path, settings, generatio
                             "batch_size (0 sizes it from free memory) or generation.max_new_tokens") from None
         write_json(chunk_path, chunk)
         answers += chunk
-    log.info("%s: %d answers in %.0f s", method_name, len(answers), time.perf_counter() - start)
+    log.info("%s: %d answers in %.0f s", out_path.parent.name, len(answers), time.perf_counter() - start)
     write_jsonl(out_path, (
         {"id": row["id"], "source": row["source"], "prompt": prompt, "reference": reference, "prediction": answer}
         for row, (prompt, reference), answer in zip(rows, split, answers)
@@ -367,15 +371,15 @@ def generate(method_name, model_dir, trained_dir, test_path, settings, generatio
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--method", required=True, choices=list(METHODS))
-    parser.add_argument("--model-dir", required=True)
-    parser.add_argument("--trained", default=None, help="train step's folder (none for base)")
+    parser.add_argument("--kind", required=True, help="the variant's kind (peftbench.methods, or a peft method)")
+    parser.add_argument("--model-dir", required=True, help="prepare_model's folder")
+    parser.add_argument("--trained", default=None, help="train step's folder (none for an untrained variant)")
     parser.add_argument("--test", required=True, help="test.jsonl from prepare_data")
-    parser.add_argument("--settings", default="{}", help="the method's settings, as JSON")
+    parser.add_argument("--settings", default="{}", help="the variant's settings, as JSON")
     parser.add_argument("--generation", required=True, help="the config's generation section, as JSON")
     parser.add_argument("--out", required=True, help="generations.jsonl to write")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
-    generate(args.method, args.model_dir, args.trained, args.test, json.loads(args.settings),
+    generate(args.kind, args.model_dir, args.trained, args.test, json.loads(args.settings),
              json.loads(args.generation), args.out, args.dtype, args.device)

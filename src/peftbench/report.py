@@ -1,4 +1,4 @@
-"""report: one markdown page comparing the methods: scores before/after (mean ± spread over training
+"""report: one markdown page comparing the variants: scores before/after (mean ± spread over training
 seeds), confidence intervals and significant differences (from `peftbench compare`), cost, per-source
 scores, settings, and plots of the loss curves, of memory and time, and of the scores with intervals."""
 import argparse
@@ -17,6 +17,7 @@ import pandas as pd
 
 from peftbench.io import atomic_path, read_json
 from peftbench.methods import METHODS
+from peftbench.variants import differing_settings, resolve
 
 LIBRARIES = ["torch", "transformers", "peft", "bitsandbytes", "galore-torch", "sacrebleu", "rouge-score", "snakemake"]
 
@@ -59,15 +60,23 @@ def _score(entry):
     return _fmt(entry["mean"]) + (f" ± {_fmt(entry['sd'])}" if entry["sd"] is not None else "")
 
 
-def main_table(comparison, metrics):
+def _lr(variant):
+    rates = [f"{variant.settings[k]:g}" for k in ("lr", "galore_lr") if k in variant.settings]
+    return " / ".join(rates) or "—"
+
+
+def main_table(comparison, metrics, variants):
     methods = comparison["methods"]
-    base = methods.get("base", {}).get("overall")
+    untrained = comparison.get("untrained", [])
+    base = methods[untrained[0]]["overall"] if untrained else None
     rows = []
     for method, result in methods.items():
-        overall, runs = result["overall"], metrics.get(method, [])
+        overall, runs, variant = result["overall"], metrics.get(method, []), variants[method]
         rows.append({
-            "method": method,
-            "seeds": len(comparison["seeds"][method]) if METHODS[method].TRAINS else "—",
+            "variant": method,
+            "kind": variant.kind,
+            "lr": _lr(variant),
+            "seeds": len(comparison["seeds"][method]) if METHODS[variant.kind].TRAINS else "—",
             "BLEU-4 before": _fmt(base["bleu"]["mean"]) if base else "—",
             "BLEU-4 after": _score(overall["bleu"]),
             "ROUGE-L before": _fmt(base["rouge_l"]["mean"]) if base else "—",
@@ -85,7 +94,7 @@ def interval_table(comparison):
     rows = []
     for method, result in comparison["methods"].items():
         bleu, rouge = result["overall"]["bleu"], result["overall"]["rouge_l"]
-        rows.append({"method": method, "BLEU-4": _fmt(bleu["mean"]), f"BLEU-4 {level}": _ci(bleu["ci"]),
+        rows.append({"variant": method, "BLEU-4": _fmt(bleu["mean"]), f"BLEU-4 {level}": _ci(bleu["ci"]),
                      "ROUGE-L": _fmt(rouge["mean"]), f"ROUGE-L {level}": _ci(rouge["ci"])})
     return _markdown(rows)
 
@@ -100,21 +109,40 @@ def _significance(d, samples):
     return f"{'**yes**' if d['significant'] else 'no'} ({p})"
 
 
+ALL_PAIRS_UP_TO = 10  # more pairs than this: the page shows those against the base and the best only
+
+
+def best_variant(comparison):
+    """The trained variant with the highest mean BLEU-4 (ROUGE-L breaks a tie); None without one."""
+    trained = [m for m in comparison["methods"] if m not in comparison.get("untrained", [])]
+    overall = {m: comparison["methods"][m]["overall"] for m in trained}
+    return max(trained, key=lambda m: (overall[m]["bleu"]["mean"], overall[m]["rouge_l"]["mean"]), default=None)
+
+
+def shown_differences(comparison):
+    """Every pair when there are few; else each variant against the base and against the best variant."""
+    differences = comparison["differences"]
+    if len(differences) <= ALL_PAIRS_UP_TO:
+        return differences
+    keep = set(comparison.get("untrained", [])[:1]) | {best_variant(comparison)}
+    return {name: d for name, d in differences.items() if set(name.split(" - ")) & keep}
+
+
 def differences_table(comparison):
     samples = comparison["bootstrap"]["samples"]
     rows = [{"difference": name, "ΔBLEU-4 [CI]": _difference(d["overall"]["bleu"]),
              "BLEU-4 significant": _significance(d["overall"]["bleu"], samples),
              "ΔROUGE-L [CI]": _difference(d["overall"]["rouge_l"]),
              "ROUGE-L significant": _significance(d["overall"]["rouge_l"], samples)}
-            for name, d in comparison["differences"].items()]
-    return _markdown(rows) if rows else "(only one method: nothing to compare)"
+            for name, d in shown_differences(comparison).items()]
+    return _markdown(rows) if rows else "(only one variant: nothing to compare)"
 
 
 def per_source_table(comparison):
     sources = [name for name in comparison["n"] if name != "overall"]
     rows = []
     for method, result in comparison["methods"].items():
-        row = {"method": method}
+        row = {"variant": method}
         for source in sources:
             for metric, label in (("bleu", "BLEU-4"), ("rouge_l", "ROUGE-L")):
                 entry = result[source][metric]
@@ -138,6 +166,18 @@ def _save(fig, path):
     _pyplot().close(fig)
 
 
+def _bar_figsize(bars):
+    return (max(9, 1.1 * bars + 3), 3.5 if bars <= 5 else 4.5)
+
+
+def _bar_labels(ax, bars):
+    """Names stay legible with a dozen variants: slanted past five."""
+    if bars > 5:
+        ax.tick_params(axis="x", labelrotation=40)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
+
+
 def plot_loss(metrics, path):
     """Mean loss over seeds per step; the band spans the lowest to the highest seed."""
     plt = _pyplot()
@@ -150,7 +190,7 @@ def plot_loss(metrics, path):
         if len(runs) > 1:
             ax.fill_between(x, losses.min(axis=0), losses.max(axis=0), color=line.get_color(), alpha=0.2)
     ax.set(xlabel="optimizer step", ylabel="training loss (answer tokens)", title="Training loss")
-    ax.legend()
+    ax.legend(fontsize="small" if len(metrics) > 5 else None, ncol=2 if len(metrics) > 6 else 1)
     fig.tight_layout()
     _save(fig, path)
 
@@ -159,7 +199,7 @@ def plot_cost(metrics, path):
     """Peak memory and training time, mean over seeds with one standard deviation."""
     plt = _pyplot()
     methods = list(metrics)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig, axes = plt.subplots(1, 2, figsize=_bar_figsize(len(methods)))
     memory_kind = next(iter(metrics.values()), [{}])[0].get("memory_kind", "n/a")
     for ax, key, color, ylabel, title in ((axes[0], "peak_memory_gb", "tab:blue", f"GB ({memory_kind})", "Peak memory"),
                                           (axes[1], "train_seconds", "tab:orange", "seconds", "Training time")):
@@ -167,6 +207,7 @@ def plot_cost(metrics, path):
         ax.bar(methods, [np.mean(v) for v in values], yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for v in values],
                capsize=4, color=color)
         ax.set(ylabel=ylabel, title=title)
+        _bar_labels(ax, len(methods))
     fig.tight_layout()
     _save(fig, path)
 
@@ -175,7 +216,7 @@ def plot_scores(comparison, path):
     """Each method's scores with their bootstrap confidence intervals."""
     plt = _pyplot()
     methods = list(comparison["methods"])
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig, axes = plt.subplots(1, 2, figsize=_bar_figsize(len(methods)))
     level = f"{100 * comparison['bootstrap']['confidence']:g} % CI"
     panels = ((axes[0], "bleu", "BLEU-4", "tab:green"), (axes[1], "rouge_l", "ROUGE-L", "tab:purple"))
     for ax, metric, label, color in panels:
@@ -184,6 +225,7 @@ def plot_scores(comparison, path):
         errors = [[e["mean"] - e["ci"][0] for e in entries], [e["ci"][1] - e["mean"] for e in entries]]
         ax.bar(methods, means, yerr=errors, capsize=4, color=color)
         ax.set(ylabel=label, title=f"{label} (error bars: {level})")
+        _bar_labels(ax, len(methods))
     fig.tight_layout()
     _save(fig, path)
 
@@ -217,18 +259,18 @@ def _budget_lines(metrics):
 
 
 def _memory_knob_lines(metrics):
-    """Which methods recomputed activations in backward: the same results, less memory, more time."""
+    """Which variants recomputed activations in backward: the same results, less memory, more time."""
     lines = []
     for method, runs in metrics.items():
         run = runs[0]
         layers, checkpointed = run.get("decoder_layers"), run.get("checkpointed_layers", 0)
         if checkpointed:
-            knob = "gradient_checkpointing" if checkpointed == layers else "checkpoint_layers"
+            knob = "training.gradient_checkpointing" if checkpointed == layers else "checkpoint_layers"
             lines.append(f"- **{method}** recomputed the forward of {checkpointed} of its {layers} decoder layers "
-                         f"in backward (`training.{knob}`)")
+                         f"in backward (`{knob}`)")
         if run.get("recompute_elementwise") and checkpointed != layers:
             lines.append(f"- **{method}** recomputed the elementwise work of its other layers in backward "
-                         "(`training.recompute_elementwise`)")
+                         "(`recompute_elementwise`)")
     if not lines:
         return []
     return ["**Memory knobs:** these recompute in backward what the forward did not keep; the results are the "
@@ -259,6 +301,15 @@ def write_html(markdown_text, plot_dir, out_path):
         tmp.write_text(HTML_PAGE.format(body=body))
 
 
+def _variant_line(variant, runs):
+    kind = METHODS[variant.kind]
+    differs = differing_settings(variant)
+    settings = (f" — differs from its kind's defaults in `{json.dumps(differs)}`" if differs
+                else " — its kind's defaults" if kind.TRAINS else "")
+    params = f"; {runs[0]['trainable_params'] / 1e6:.2f} M trainable parameters" if runs else ""
+    return f"- **{variant.name}** (kind `{variant.kind}`): {kind.SUMMARY}{settings}{params}"
+
+
 def _dropped(counts):
     return ", ".join(f"{n} {reason}" for reason, n in counts.items()) or "0"
 
@@ -280,20 +331,19 @@ def build_report(config, comparison, metrics, manifest, benchmarks, out_path):
         f"{_dropped(s['dropped'])} | {s['tokens']['train'].get('mean', '—')} | {s['near_duplicate_prompts']} |"
         for name, s in manifest["sources"].items()
     ]
-    methods_lines = [f"- **{m}**: {METHODS[m].SUMMARY}" + (
-        f" — settings `{json.dumps(config['method_settings'][m])}`" if m in config["method_settings"] else "")
-        for m in comparison["methods"]]
+    variants = resolve(config)
+    methods_lines = [_variant_line(variants[m], metrics.get(m, [])) for m in comparison["methods"]]
     lines = [
         "# peftbench report",
         "",
         f"Model **{model.get('id') or model.get('path')}** ({model['source']}), {training['epochs']} epochs, "
         f"batch {training['batch_size']}, max length {config['data']['max_length']} tokens, training seeds "
         f"{seeds}. Scores are on {n_test} held-out test prompts: 'before' is the untrained base model, "
-        "'after' the model each method trained.",
+        "'after' the model each variant trained.",
         "",
         "## Results",
         "",
-        main_table(comparison, metrics),
+        main_table(comparison, metrics, variants),
         "",
         "Scores, memory, time and tokens/s of a trained method are the mean ± standard deviation over its "
         "training seeds. The base model is untrained and decodes greedily, so it ran once: its scores do not "
@@ -304,8 +354,11 @@ def build_report(config, comparison, metrics, manifest, benchmarks, out_path):
         "",
         interval_table(comparison),
         "",
-        "Differences (first method minus second) with their interval; a difference is significant when its "
-        f"interval excludes zero (p is the two-sided bootstrap p-value):",
+        "Differences (first variant minus second) with their interval; a difference is significant when its "
+        f"interval excludes zero (p is the two-sided bootstrap p-value)"
+        + ("" if len(shown_differences(comparison)) == len(comparison["differences"]) else
+           f". With {len(comparison['methods'])} variants, the page shows each against the base and against the "
+           f"best variant by BLEU-4 (**{best_variant(comparison)}**); `comparison.json` holds every pair") + ":",
         "",
         differences_table(comparison),
         "",
@@ -330,21 +383,27 @@ def build_report(config, comparison, metrics, manifest, benchmarks, out_path):
         "",
         "![scores with confidence intervals](scores.png)",
         "",
-        "## Methods",
+        "## Variants",
+        "",
+        "Each variant is a kind with settings; a line names the settings in which it differs from its kind's "
+        "defaults.",
         "",
         *methods_lines,
         "",
         "**Where the memory goes:** activations (identical for every method at the same batch and length) "
         "are most of the peak; the methods differ in weights, gradients and optimizer state:",
         "",
-        *[f"- **{m}**: {METHODS[m].MEMORY}" for m in comparison["methods"] if METHODS[m].TRAINS],
+        *[f"- **{m}** ({variants[m].kind}): {METHODS[variants[m].kind].MEMORY}" for m in comparison["methods"]
+          if METHODS[variants[m].kind].TRAINS],
         "",
         *_memory_knob_lines(metrics),
         "**Fairness:** every trained method sees the same batches in the same order (one seeded "
         "permutation per epoch, grouped by length within windows of 8 batches), the same epochs, batch size "
         "and maximum length, and trains the same two "
         f"turn-token embedding rows ({', '.join(training['trainable_tokens']) or 'none'}) so that it can learn "
-        "to end its turn. The loss covers the assistant's answers only.",
+        "to end its turn (peft trains them beside LoRA adapters, peftbench beside other peft methods' "
+        "adapters; full fine-tuning trains the whole embedding, these rows included, at its own learning "
+        "rate). The loss covers the assistant's answers only.",
         "",
         f"**Seeds:** the data sample is drawn once (config `seed: {config['seed']}`) and is the same for every "
         f"training seed; a training seed ({seeds}) sets the batch order and the initialization of adapters, "

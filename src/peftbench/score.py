@@ -93,11 +93,11 @@ def score(generations_path, out_path, method, seed=None, examples_path=None):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--generations", required=True)
-    parser.add_argument("--method", required=True)
-    parser.add_argument("--seed", type=int, default=None, help="the training seed (none for the untrained base)")
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--generations", required=True, help="generations.jsonl of one run")
+    parser.add_argument("--variant", required=True, help="the variant's name (its row in the report)")
+    parser.add_argument("--seed", type=int, default=None, help="the training seed (none for an untrained variant)")
+    parser.add_argument("--out", required=True, help="scores.json to write")
     parser.add_argument("--examples", help="where to write each example's statistics (for the bootstrap)")
     args = parser.parse_args(argv)
-    scores = score(args.generations, args.out, args.method, args.seed, args.examples)
+    scores = score(args.generations, args.out, args.variant, args.seed, args.examples)
     print(json.dumps({k: scores[k] for k in ("method", "seed", "n", "bleu", "rouge_l")}))

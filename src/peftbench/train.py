@@ -1,4 +1,4 @@
-"""train_<method>: fine-tune the base model with one method and save what changed.
+"""train: fine-tune the base model as one variant (a kind and its settings) and save what changed.
 
 A plain loop rather than the HF Trainer, for three reasons that matter to a fair, fast comparison:
 the loss projects only the assistant positions through the 262k-row output layer (the full logits are
@@ -28,9 +28,10 @@ from peftbench import attention, graphs
 from peftbench.chat import IGNORE_INDEX, encode_chat
 from peftbench.checkpoint import Checkpoints, file_sha256
 from peftbench.io import atomic_dir, read_json, read_jsonl, write_json
-from peftbench.methods import METHODS
+from peftbench.methods import find_kind
 from peftbench.errors import UserError
 from peftbench.model import load_tokenizer, model_path, to_device
+from peftbench.variants import Variant, check_with_peft, learned_training
 from peftbench.trainable import TokenRows, build_trainable, causal_lm, checkpointed_layers, save_trained
 
 log = logging.getLogger(__name__)
@@ -205,16 +206,17 @@ def peak_memory(device):
     return {"peak_memory_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, "memory_kind": "CPU peak RSS"}
 
 
-def checkpoint_settings(method_name, model_dir, train_path, settings, training, seed, dtype, device):
+def checkpoint_settings(kind_name, model_dir, train_path, settings, training, seed, dtype, device):
     """Everything that changes what training computes: a checkpoint made under other values is stale.
-    (How often to checkpoint or log changes nothing, so it is left out.)"""
+    (How a run goes: memory knobs, compilation, how often to checkpoint or log, changes nothing, so it is
+    left out: a run resumes across a change of them.)"""
     return {
-        "method": method_name,
+        "kind": kind_name,
         "model": read_json(Path(model_dir) / "model.json"),
         "model_config": read_json(Path(model_path(model_dir)) / "config.json"),
         "train_sha256": file_sha256(train_path),
         "settings": settings,
-        "training": {k: v for k, v in training.items() if k not in ("checkpoint_every", "log_every")},
+        "training": learned_training(training),
         "seed": seed,
         "dtype": dtype,
         "device": device.split(":")[0],
@@ -234,11 +236,17 @@ def graph_metrics(lm):
             "first_capture_seconds": seconds[0] if seconds else 0.0, "token_multiple": graphs.TOKEN_MULTIPLE}
 
 
-def train(method_name, model_dir, train_path, settings, training, out_dir, seed=0, dtype="bfloat16", device="auto",
-          checkpoint_dir=None):
+def train(variant_name, kind_name, model_dir, train_path, settings, training, out_dir, seed=0, dtype="bfloat16",
+          device="auto", checkpoint_dir=None, knobs=None):
+    """Train one variant (of kind `kind_name`) with one seed. `training` is the config's training section;
+    `knobs` what changes only how the run goes (variants.run_knobs): it overrides `training`'s."""
     from transformers import get_cosine_schedule_with_warmup
 
-    method = METHODS[method_name]
+    method = find_kind(kind_name)
+    if method is None or not method.TRAINS:
+        raise UserError(f"variant {variant_name}: {kind_name!r} is not a kind that trains (peftbench.methods)")
+    check_with_peft({variant_name: Variant(variant_name, kind_name, settings, knobs or {})})
+    training = {**training, **(knobs or {})}
     device = resolve_device(device)
     torch.manual_seed(seed)
     tokenizer = load_tokenizer(model_dir)
@@ -253,7 +261,7 @@ def train(method_name, model_dir, train_path, settings, training, out_dir, seed=
     steps_per_epoch = math.ceil(len(examples) / training["batch_size"])
     total_steps = steps_per_epoch * training["epochs"]
     scheduler = get_cosine_schedule_with_warmup(optimizer, round(training["warmup_ratio"] * total_steps), total_steps)
-    log.info("%s: %d examples, %d steps, %d trainable parameters", method_name, len(examples), total_steps,
+    log.info("%s (%s): %d examples, %d steps, %d trainable parameters", variant_name, kind_name, len(examples), total_steps,
              sum(p.numel() for p in trainable))
 
     # Where a killed run left off: step, position in the data order, loss history, time spent so far.
@@ -263,7 +271,7 @@ def train(method_name, model_dir, train_path, settings, training, out_dir, seed=
     named_trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
     if checkpoint_dir and every:
         checkpoints = Checkpoints(checkpoint_dir, checkpoint_settings(
-            method_name, model_dir, train_path, settings, training, seed, dtype, device))
+            kind_name, model_dir, train_path, settings, training, seed, dtype, device))
         resumed = checkpoints.resume(named_trainable, optimizer, scheduler)
         if resumed is not None:
             progress_state = resumed
@@ -283,7 +291,7 @@ def train(method_name, model_dir, train_path, settings, training, out_dir, seed=
     def train_seconds_so_far():  # training alone: earlier runs' time, not the checkpoints' I/O
         return earlier_seconds + time.perf_counter() - start - checkpoint_seconds
 
-    progress = tqdm(total=total_steps, initial=step, desc=f"train {method_name}", mininterval=2)
+    progress = tqdm(total=total_steps, initial=step, desc=f"train {variant_name}", mininterval=2)
     try:  # closed even on error, so that the one-line error starts a line of its own in the log
         for epoch in range(progress_state["epoch"], training["epochs"]):
             batches = batch_order(lengths, training["batch_size"], epoch, seed)
@@ -297,7 +305,7 @@ def train(method_name, model_dir, train_path, settings, training, out_dir, seed=
                                     "data.max_length, or set training.gradient_checkpointing: true") from None
                 if not torch.isfinite(loss):
                     raise UserError(f"loss is {loss.item()} at step {step + 1}: lower the learning rate "
-                                    f"(method_settings.{method_name}) or check the data")
+                                    f"(variants.{variant_name}.lr) or check the data")
                 step += 1
                 tokens_seen += real_tokens
                 elapsed = train_seconds_so_far()
@@ -325,7 +333,8 @@ def train(method_name, model_dir, train_path, settings, training, out_dir, seed=
     lm = causal_lm(model)
     decoder_layers = len(lm.model.layers)
     metrics = {
-        "method": method_name,
+        "method": variant_name,
+        "kind": kind_name,
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
         "train_seconds": train_seconds,
         "resumed_at_steps": progress_state["resumed_at"],  # train_seconds sums the runs; memory is this run's
@@ -341,8 +350,8 @@ def train(method_name, model_dir, train_path, settings, training, out_dir, seed=
         "total_params": sum(p.numel() for p in model.parameters()),
         # The memory knobs: the same results, less memory, more time (the report says which method used them).
         "decoder_layers": decoder_layers,
-        "checkpointed_layers": checkpointed_layers(method_name, training, decoder_layers),
-        "recompute_elementwise": method_name in training.get("recompute_elementwise", []),
+        "checkpointed_layers": checkpointed_layers(training, decoder_layers),
+        "recompute_elementwise": bool(training.get("recompute_elementwise")),
         "loss": history,
     }
     with atomic_dir(out_dir) as tmp:
@@ -355,18 +364,23 @@ def train(method_name, model_dir, train_path, settings, training, out_dir, seed=
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--method", required=True, choices=[m for m in METHODS if METHODS[m].TRAINS])
-    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--variant", required=True, help="the variant's name (its row in the report)")
+    parser.add_argument("--kind", required=True, help="the variant's kind (peftbench.methods, or a peft method)")
+    parser.add_argument("--model-dir", required=True, help="prepare_model's folder")
     parser.add_argument("--train", required=True, help="train.jsonl from prepare_data")
-    parser.add_argument("--settings", required=True, help="the method's settings, as JSON")
+    parser.add_argument("--settings", required=True, help="the variant's settings (its kind's defaults filled in), "
+                                                          "as JSON")
     parser.add_argument("--training", required=True, help="the config's training section, as JSON")
+    parser.add_argument("--knobs", default="{}", help="what changes only how the run goes (memory knobs, "
+                                                      "compile, logging), as JSON: overrides --training's")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0, help="the training seed (initialization, batch order)")
+    parser.add_argument("--dtype", default="bfloat16", help="the model's dtype on a GPU (a CPU trains in float32)")
+    parser.add_argument("--device", default="auto", help="cuda, cpu, or auto")
     parser.add_argument("--checkpoints", default=None,
                         help="folder for resumable checkpoints (keep it outside Snakemake's outputs)")
     args = parser.parse_args(argv)
-    metrics = train(args.method, args.model_dir, args.train, json.loads(args.settings), json.loads(args.training),
-                    args.out, args.seed, args.dtype, args.device, args.checkpoints)
+    metrics = train(args.variant, args.kind, args.model_dir, args.train, json.loads(args.settings),
+                    json.loads(args.training), args.out, args.seed, args.dtype, args.device, args.checkpoints,
+                    json.loads(args.knobs))
     print(json.dumps({k: v for k, v in metrics.items() if k != "loss"}))

@@ -1,43 +1,56 @@
 import json
 import os
+import re
 import sys
 
 from peftbench.config import validate_config
 from peftbench.inputs import builtin_data_version, data_files, embedded_model_version, model_files
-from peftbench.methods import METHODS
+from peftbench.methods import find_kind
 from peftbench.errors import UserError
+from peftbench.variants import check_with_peft, learned_training, resolve, run_knobs
 
 # Validate before anything runs: a bad key stops the workflow with one line that names it.
 try:
     validate_config(config)
+    VARIANTS = resolve(config)
 except UserError as error:
     raise WorkflowError(f"peftbench: {error}")
 
+
+
+onstart:
+    # peft checks each variant's settings once the run starts (not on a dry run: importing peft takes seconds)
+    try:
+        check_with_peft(VARIANTS)
+    except UserError as error:
+        raise WorkflowError(f"peftbench: {error}")
+
+
 OUT = config["output_dir"]
-METHOD_NAMES = config["methods"]
-TRAINED = [m for m in METHOD_NAMES if METHODS[m].TRAINS]
+TRAINED = [name for name, v in VARIANTS.items() if find_kind(v.kind).TRAINS]
 SEEDS = config["seeds"]
-# One run per trained method and seed (`lora/seed0`); the untrained base decodes greedily, so its one
+# One run per trained variant and seed (`lora/seed0`); an untrained variant decodes greedily, so its one
 # run (`base`) does not depend on a seed.
-RUNS = [run for m in METHOD_NAMES for run in ([f"{m}/seed{s}" for s in SEEDS] if METHODS[m].TRAINS else [m])]
+RUNS = [run for name in VARIANTS for run in ([f"{name}/seed{s}" for s in SEEDS] if name in TRAINED else [name])]
 REPORT = f"{OUT}/report.md"
 # Steps run the `peftbench` command of the environment that runs Snakemake, activated or not.
 shell.prefix(f'set -euo pipefail; export PATH="{os.path.dirname(sys.executable)}:$PATH"; ')
 
 
 wildcard_constraints:
-    method="|".join(TRAINED) or "(?!)",
+    variant="|".join(map(re.escape, TRAINED)) or "(?!)",
     seed=r"\d+",
-    run="|".join(RUNS),
+    run="|".join(map(re.escape, RUNS)),
 
 
-def run_method(wildcards):
-    return wildcards.run.split("/")[0]
+def run_variant(wildcards):
+    """The variant of a run (`lora-r64/seed0` -> lora-r64; `base` -> base)."""
+    return VARIANTS[wildcards.run.split("/")[0]]
 
 
 def run_seed_arg(wildcards):
-    """`--seed k` for a trained run (`lora/seedk`), nothing for the base."""
-    return f"--seed {wildcards.run.rpartition('seed')[2]}" if METHODS[run_method(wildcards)].TRAINS else ""
+    """`--seed k` for a trained run (`lora/seedk`), nothing for an untrained variant."""
+    return f"--seed {wildcards.run.rpartition('seed')[2]}" if run_variant(wildcards).name in TRAINED else ""
 
 
 def as_json(section):
@@ -45,14 +58,21 @@ def as_json(section):
     return json.dumps(section, sort_keys=True)
 
 
-def method_settings(wildcards):
-    method = wildcards.method if "method" in wildcards.keys() else run_method(wildcards)
-    return as_json(config["method_settings"].get(method, {}))
+def variant_settings(wildcards):
+    """What the variant learns with (its kind's defaults filled in): tracked, so changing it reruns it alone."""
+    variant = VARIANTS[wildcards.variant] if "variant" in wildcards.keys() else run_variant(wildcards)
+    return as_json(variant.settings)
+
+
+def variant_knobs(wildcards, output):
+    """What changes only how a run goes (memory knobs, compile, logging). A param derived from the output is
+    not tracked by Snakemake's params trigger: changing a knob retrains nothing that finished."""
+    return as_json(run_knobs(VARIANTS[wildcards.variant], config["training"]))
 
 
 def trained_dir(wildcards):
-    """The train step's output for a trained run (`lora/seed0`); nothing for the untrained baseline."""
-    if METHODS[run_method(wildcards)].TRAINS:
+    """The train step's output for a trained run (`lora/seed0`); nothing for an untrained variant."""
+    if run_variant(wildcards).name in TRAINED:
         return f"{OUT}/{wildcards.run}/trained"
     return []
 

@@ -7,8 +7,8 @@ rule generate:
         f"{OUT}/{{run}}/generations.jsonl",
     params:
         trained=lambda wildcards, input: f"--trained {input.trained}" if input.trained else "",
-        method=run_method,
-        settings=method_settings,
+        kind=lambda wildcards: run_variant(wildcards).kind,
+        settings=variant_settings,
         generation=as_json(config["generation"]),
         dtype=config["model"]["dtype"],
     conda:
@@ -23,6 +23,6 @@ rule generate:
         mem_mb=16000,
         runtime=6 * 60,
     shell:
-        "peftbench generate --method {params.method} --model-dir {input.model} {params.trained}"
+        "peftbench generate --kind {params.kind} --model-dir {input.model} {params.trained}"
         " --test {input.test} --settings {params.settings:q} --generation {params.generation:q}"
         " --dtype {params.dtype} --out {output} --log {log}"

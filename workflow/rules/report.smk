@@ -2,7 +2,7 @@ rule report:
     input:
         scores=expand(rules.score.output.scores, run=RUNS),
         comparison=rules.compare.output[0],
-        trained=expand(rules.train.output[0], method=TRAINED, seed=SEEDS),
+        trained=expand(rules.train.output[0], variant=TRAINED, seed=SEEDS),
         manifest=rules.prepare_data.output.manifest,
     output:
         report=REPORT,

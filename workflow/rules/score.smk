@@ -5,7 +5,7 @@ rule score:
         scores=f"{OUT}/{{run}}/scores.json",
         examples=f"{OUT}/{{run}}/example_scores.json",
     params:
-        method=run_method,
+        variant=lambda wildcards: run_variant(wildcards).name,
         seed=run_seed_arg,
     conda:
         "../../environment.yml"
@@ -17,5 +17,5 @@ rule score:
         mem_mb=2000,
         runtime=30,
     shell:
-        "peftbench score --generations {input} --method {params.method} {params.seed} --out {output.scores}"
+        "peftbench score --generations {input} --variant {params.variant} {params.seed} --out {output.scores}"
         " --examples {output.examples} --log {log}"

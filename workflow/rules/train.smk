@@ -3,10 +3,12 @@ rule train:
         model=rules.prepare_model.output[0],
         train=rules.prepare_data.output.train,
     output:
-        directory(f"{OUT}/{{method}}/seed{{seed}}/trained"),
+        directory(f"{OUT}/{{variant}}/seed{{seed}}/trained"),
     params:
-        settings=method_settings,
-        training=as_json(config["training"]),
+        kind=lambda wildcards: VARIANTS[wildcards.variant].kind,
+        settings=variant_settings,
+        training=as_json(learned_training(config["training"])),
+        knobs=variant_knobs,
         dtype=config["model"]["dtype"],
         # Beside the output, not in it: Snakemake deletes a job's outputs before it runs, and these must
         # survive a kill. Derived from the output path, so every output folder has its own.
@@ -14,15 +16,16 @@ rule train:
     conda:
         "../../environment.yml"
     log:
-        f"{OUT}/logs/{{method}}/seed{{seed}}/train.log",
+        f"{OUT}/logs/{{variant}}/seed{{seed}}/train.log",
     benchmark:
-        f"{OUT}/benchmarks/{{method}}/seed{{seed}}/train.tsv"
+        f"{OUT}/benchmarks/{{variant}}/seed{{seed}}/train.tsv"
     threads: 4
     resources:
         gpu=1,
         mem_mb=32000,
         runtime=24 * 60,
     shell:
-        "peftbench train --method {wildcards.method} --model-dir {input.model} --train {input.train}"
-        " --settings {params.settings:q} --training {params.training:q} --seed {wildcards.seed}"
-        " --dtype {params.dtype} --checkpoints {params.checkpoints} --out {output} --log {log}"
+        "peftbench train --variant {wildcards.variant} --kind {params.kind} --model-dir {input.model}"
+        " --train {input.train} --settings {params.settings:q} --training {params.training:q}"
+        " --knobs {params.knobs:q} --seed {wildcards.seed} --dtype {params.dtype}"
+        " --checkpoints {params.checkpoints} --out {output} --log {log}"

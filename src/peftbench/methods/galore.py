@@ -9,16 +9,26 @@ import math
 NAME = "galore"
 SUMMARY = "full-rank projections, gradients projected to low rank (GaLoreAdamW)"
 MEMORY = ("every projection trains full-rank: full-size weights and gradients for all of them (on a GPU in "
-          "bf16, with fp32 masters); GaLore keeps only their Adam state low-rank, so it is the largest of the four")
+          "bf16, with fp32 masters); GaLore keeps only their Adam state low-rank, so its weight memory is the largest of the adapter methods")
 TRAINS = True
+DEFAULTS = {"rank": 128, "update_proj_gap": 200, "scale": 0.25,
+            "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+            "lr": 1.0e-5}
+SETTINGS = {
+    "rank": {"type": "integer", "minimum": 1},
+    "update_proj_gap": {"type": "integer", "minimum": 1, "description": "steps between projection refreshes (SVD)"},
+    "scale": {"type": "number", "exclusiveMinimum": 0},
+    "target_modules": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+    "lr": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+}
 
 
 def quantization(settings):
     return None
 
 
-def lora_targets(settings):
-    return []
+def peft_config(settings):
+    return None
 
 
 def full_rank_targets(settings):

@@ -1,18 +1,37 @@
-"""lora: low-rank adapters on the attention and MLP projections of a frozen bf16 base (peft)."""
+"""lora: low-rank adapters on the attention and MLP projections of a frozen bf16 base (peft).
+
+Every setting but `lr` is a keyword of peft's LoraConfig, passed as written: `use_dora: true` gives DoRA,
+`use_rslora: true` rank-stabilized LoRA, `init_lora_weights: pissa` (or `olora`) PiSSA (OLoRA)
+initialisation, and so on (peft's LoraConfig documents them all).
+"""
 import torch
 
 NAME = "lora"
-SUMMARY = "LoRA adapters on a frozen bf16 base"
+SUMMARY = "LoRA adapters on a frozen bf16 base (peft LoraConfig)"
 MEMORY = ("bf16 base weights (frozen) + small fp32 adapters and their Adam state; activations dominate")
 TRAINS = True
+DEFAULTS = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0,
+            "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+            "lr": 2.0e-4}
+SETTINGS = {
+    "r": {"type": "integer", "minimum": 1},
+    "lora_alpha": {"type": "number", "exclusiveMinimum": 0},
+    "lora_dropout": {"type": "number", "minimum": 0, "maximum": 0.9},
+    "target_modules": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+    "lr": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+    # any other LoraConfig keyword (use_dora, use_rslora, init_lora_weights, ...): checked by peft
+}
+PEFT_KEYWORDS = True  # settings this module does not name go to the peft config class
 
 
 def quantization(settings):
     return None
 
 
-def lora_targets(settings):
-    return settings["target_modules"]
+def peft_config(settings):
+    from peft import LoraConfig
+
+    return LoraConfig(**{k: v for k, v in settings.items() if k != "lr"}, task_type="CAUSAL_LM")
 
 
 def full_rank_targets(settings):
@@ -22,8 +41,8 @@ def full_rank_targets(settings):
 def optimizer(groups, settings, training):
     return torch.optim.AdamW(
         [
-            {"params": groups.lora, "lr": settings["lr"], "weight_decay": training["weight_decay"]},
+            {"params": groups.adapter, "lr": settings["lr"], "weight_decay": training["weight_decay"]},
             {"params": groups.tokens, "lr": training["trainable_tokens_lr"], "weight_decay": 0.0},
         ],
-        fused=groups.lora[0].is_cuda,  # one kernel for the ~400 small adapter tensors instead of a loop
+        fused=groups.adapter[0].is_cuda,  # one kernel for the ~400 small adapter tensors instead of a loop
     )

@@ -1,4 +1,7 @@
-"""qlora: LoRA adapters over a base quantized to 4-bit NF4 with double quantization (bitsandbytes)."""
+"""qlora: LoRA adapters over a base quantized to 4-bit NF4 with double quantization (bitsandbytes).
+
+Its settings are lora's: any LoraConfig keyword, plus `lr`.
+"""
 import torch
 
 from peftbench.methods import lora
@@ -8,6 +11,9 @@ SUMMARY = "LoRA adapters on a frozen 4-bit NF4 base (double quantization)"
 MEMORY = ("like LoRA, but the projections are stored in 4 bits (about a quarter of bf16), so it is the "
           "smallest in weights; dequantizing on the fly costs speed")
 TRAINS = True
+DEFAULTS = lora.DEFAULTS
+SETTINGS = lora.SETTINGS
+PEFT_KEYWORDS = True
 
 
 def quantization(settings, skip_modules=None):
@@ -22,6 +28,6 @@ def quantization(settings, skip_modules=None):
     )
 
 
-lora_targets = lora.lora_targets
+peft_config = lora.peft_config
 full_rank_targets = lora.full_rank_targets
 optimizer = lora.optimizer
