@@ -84,10 +84,12 @@ def make_model_dir(work, tokenizer_dir, tiny):
 def study_variant(name, tiny=False):
     """A variant of config.yaml: (kind name, settings with the kind's defaults, training section with the
     variant's memory knobs), as the workflow trains it."""
-    from peftbench.config import load_config
+    import yaml
+
+    from peftbench.config import validate_config
     from peftbench.variants import resolve
 
-    config = load_config(ROOT / "config.yaml")
+    config = validate_config(yaml.safe_load((ROOT / "config.yaml").read_text()))
     variant = resolve(config)[name]
     settings = dict(variant.settings)
     if tiny and "rank" in settings:

@@ -21,6 +21,9 @@ mkdir -p "$OUT/wheels"
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PYTHON_VERSION" --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
     -d "$OUT/wheels" "bitsandbytes>=0.45" "galore-torch>=1.0"
+# jsonschema (the config check, which the benchmarks' study variants go through) and what it needs.
+python3 -m pip download -q --only-binary=:all: --python-version "$PYTHON_VERSION" --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d "$OUT/wheels" jsonschema
 # pytest, for the tests that need a GPU (tests/test_graphs.py); all pure Python.
 python3 -m pip download -q --no-deps --only-binary=:all: -d "$OUT/wheels" pytest pluggy iniconfig pygments
 

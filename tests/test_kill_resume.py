@@ -33,7 +33,8 @@ from safetensors.torch import load_file
 from test_workflow import overlay as workflow_overlay
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAINED = ["lora", "qlora", "galore", "hybrid"]
+# Every trained kind of peftbench, and one other peft method (its turn-token rows are peftbench's own).
+TRAINED = ["lora", "qlora", "galore", "hybrid", "full", "loha"]
 ROUNDING = 1e-5  # float32 rounding across processes (see above)
 ALL_METHODS = ["base", *TRAINED]
 STEPS = 6  # 24 training examples, batch 4, 1 epoch
@@ -96,7 +97,9 @@ def overlay(tmp_path, model_dir):
     return workflow_overlay(
         tmp_path, model_dir, seeds=[0],
         training={"epochs": 1, "batch_size": 4, "log_every": 1, "checkpoint_every": 1},
-        method_settings={"galore": {"rank": 8, "update_proj_gap": 2}, "hybrid": {"rank": 8, "update_proj_gap": 2}},
+        compare=ALL_METHODS,
+        variants={"galore": {"rank": 8, "update_proj_gap": 2}, "hybrid": {"rank": 8, "update_proj_gap": 2},
+                  "full": {"lr": 1.0e-4}, "loha": {"kind": "loha", "r": 4, "alpha": 8}},
         generation={"max_new_tokens": 16, "batch_size": 1, "chunk_prompts": CHUNK_PROMPTS})
 
 
@@ -131,7 +134,8 @@ def run_until(config, log_path, stop_dir, env, timeout=3600):
 
 
 def trained_tensors(folder):
-    files = [folder / "full_rank_weights.safetensors", folder / "adapter" / "adapter_model.safetensors"]
+    files = [folder / "full_rank_weights.safetensors", folder / "adapter" / "adapter_model.safetensors",
+             folder / "turn_token_rows.safetensors"]
     return {f"{f.name}:{k}": v for f in files if f.exists() for k, v in load_file(f).items()}
 
 

@@ -17,8 +17,6 @@ import json
 import re
 from collections import namedtuple
 
-import jsonschema
-
 from peftbench.errors import UserError
 from peftbench.methods import KINDS, find_kind, peft_kinds
 
@@ -87,6 +85,8 @@ def resolve_one(name, definition) -> Variant:
                             + ", ".join(peft_kinds.names()) + ")")
         raise UserError(f"config error at variants.{name}.kind: unknown kind {definition['kind']!r} "
                         f"(kinds: {', '.join(KINDS)}, or a peft method: {', '.join(peft_kinds.names())})")
+    import jsonschema
+
     errors = sorted(jsonschema.Draft202012Validator(_schema(kind)).iter_errors(definition),
                     key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
     if errors:
