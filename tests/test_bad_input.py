@@ -12,7 +12,7 @@ Where each bad input is tested:
 | hub model or dataset not cached, offline | `... connect to the internet or unset HF_HUB_OFFLINE` | test_hub_errors.py |
 | malformed data rows | dropped, counted by reason in manifest.json | test_data.py::test_bad_rows_of_every_kind_are_counted, test_bad_rows_are_dropped_with_a_reason |
 | a source left empty (empty file, or no usable row) | `source X: file ... is missing or empty` / `only 0 usable test examples ...` | test_empty_source_is_an_error, test_source_with_no_usable_row_is_an_error |
-| test.n (or train.n) larger than the data | `only 12 usable test examples of 50 asked (split 'train' has 12 rows; ...): lower test.n ...`; for train, how many rows the test draw took | test_test_n_larger_than_the_data_names_test_n, test_train_short_after_the_test_draw_says_how_many_test_took |
+| test.n (or train.n) larger than the data | `only 12 usable test examples of 50 asked (split 'train' has 12 rows; ...): lower test.n ...`; for train, how many rows the test draw took | test_a_source_smaller_than_asked_names_the_split_that_ran_short |
 | a malformed JSON line, a JSON file with a syntax error, a row that is not an object | `source X: file F line 5 is not valid JSON (...): fix or remove that line` | test_malformed_json_names_the_file_and_line |
 | a byte that is not UTF-8 | `source X: file F line 4 is not UTF-8 text (byte 0xe9 at column 9): save the file as UTF-8` | test_non_utf8_byte_names_the_file_line_and_column |
 | local model folder without tokenizer, weights or config; pickled weights only | `model.path X holds no *.safetensors weights ...: save it with model.save_pretrained(folder)` | test_incomplete_local_model_folder_is_refused, test_pickled_weights_are_named |
@@ -127,26 +127,22 @@ def alpaca_rows(n):
     return [json.dumps({"instruction": f"Name function {i}.", "input": "", "output": f"It is f{i}."}) for i in range(n)]
 
 
-def test_test_n_larger_than_the_data_names_test_n(tmp_path, model_dir):
+@pytest.mark.parametrize("train_n, test_n, message", [
+    (4, 50, "only 12 usable test examples of 50 asked (split 'train' has 12 rows; {} dropped): lower test.n or "
+            "raise data.max_length"),
+    (10, 5, "only 7 usable train examples of 10 asked (split 'train' has 12 rows, 5 of them drawn for test; {} "
+            "dropped): lower train.n (or test.n) or raise data.max_length"),
+])
+def test_a_source_smaller_than_asked_names_the_split_that_ran_short(train_n, test_n, message, tmp_path, model_dir):
+    """test.n larger than the data blames test.n (the test draw comes first); a train draw left short by the
+    test draw says how many rows the test took."""
     path = tmp_path / "alpaca.jsonl"
     path.write_text("\n".join(alpaca_rows(12)) + "\n")
-    source = {**alpaca_source(path, n=4), "test": {"split": "train", "n": 50}}
+    source = {**alpaca_source(path, n=train_n), "test": {"split": "train", "n": test_n}}
     with pytest.raises(UserError) as error:
         prepare_data({"max_length": 128, "sources": [source]}, model_dir, tmp_path / "out")
-    assert str(error.value) == ("source alpaca: only 12 usable test examples of 50 asked (split 'train' has 12 rows; "
-                                "{} dropped): lower test.n or raise data.max_length")
+    assert str(error.value) == "source alpaca: " + message
     assert not (tmp_path / "out").exists()
-
-
-def test_train_short_after_the_test_draw_says_how_many_test_took(tmp_path, model_dir):
-    path = tmp_path / "alpaca.jsonl"
-    path.write_text("\n".join(alpaca_rows(12)) + "\n")
-    source = {**alpaca_source(path, n=10), "test": {"split": "train", "n": 5}}
-    with pytest.raises(UserError) as error:
-        prepare_data({"max_length": 128, "sources": [source]}, model_dir, tmp_path / "out")
-    assert str(error.value) == ("source alpaca: only 7 usable train examples of 10 asked (split 'train' has 12 rows, "
-                                "5 of them drawn for test; {} dropped): lower train.n (or test.n) or raise "
-                                "data.max_length")
 
 
 @pytest.mark.parametrize("name, content, message", [
