@@ -274,3 +274,22 @@ def test_a_setting_peft_refuses_stops_the_run_before_any_step(tmp_path, model_di
     assert ("peftbench: config error at variants.odd: peft refuses its settings for kind loha"
             in result.stdout + result.stderr)
     assert not (tmp_path / "results" / "model").exists()  # nothing ran
+
+
+# The other peft methods the README lists as tested, each through the whole workflow (one seed, few steps).
+MORE_PEFT = {"rslora": {"kind": "lora", "use_rslora": True}, "olora": {"kind": "lora", "init_lora_weights": "olora"},
+             "lokr": {"kind": "lokr", "r": 4, "alpha": 8}, "ia3": {"kind": "ia3"}, "vera": {"kind": "vera", "r": 8},
+             "oft": {"kind": "oft", "oft_block_size": 16}}
+
+
+def test_every_listed_peft_method_runs_through_the_workflow(tmp_path, model_dir):
+    config = overlay(tmp_path, model_dir, compare=["base", *MORE_PEFT], seeds=[0], variants=MORE_PEFT,
+                     generation={"max_new_tokens": 4, "batch_size": 4}, training={"epochs": 1, "batch_size": 8})
+    snakemake("--configfile", str(config))
+    results = tmp_path / "results"
+    report = (results / "report.md").read_text()
+    for name, settings in MORE_PEFT.items():
+        assert re.search(rf"^\| {name} +\| {settings['kind']} +\|", report, re.M), name
+        metrics = json.loads((results / name / "seed0" / "trained" / "train_metrics.json").read_text())
+        assert metrics["kind"] == settings["kind"] and metrics["steps"] == 3 and metrics["trainable_params"] > 0
+        assert json.loads((results / name / "seed0" / "scores.json").read_text())["n"] == 9
