@@ -64,7 +64,8 @@ def test_a_padded_row_computes_what_the_unpadded_row_computes(monkeypatch, model
 needs_gpu = pytest.mark.skipif(not attention.supported("cuda"), reason="CUDA graphs of FlashAttention need a GPU")
 # Variants beyond one per kind: DoRA (LoRA's fast path with its magnitude vectors) and one other peft method.
 VARIANTS = {"dora": ("lora", {**SETTINGS["lora"], "use_dora": True}),
-            "loha": ("loha", {**METHODS["loha"].DEFAULTS, "r": 4, "alpha": 8, "lr": 1e-2})}
+            "loha": ("loha", {**METHODS["loha"].DEFAULTS, "r": 4, "alpha": 8, "lr": 1e-2}),
+            "full": ("full", {"lr": 1e-5})}  # full fine-tuning at its default rate (test_methods' is larger)
 GPU_CASES = [("lora", False), ("qlora", False), ("galore", False), ("hybrid", False), ("full", False),
              ("dora", False), ("loha", False), ("lora", True), ("full", True), ("dora", True)]
 

@@ -14,7 +14,8 @@ TRAINING = {"gradient_checkpointing": False, "compile": True, "trainable_tokens"
 # Each kind's defaults, made tiny where they size the model's adapters or projections.
 TINY = {"lora": {"r": 4, "lora_alpha": 8, "lr": 1e-2}, "qlora": {"r": 4, "lora_alpha": 8, "lr": 1e-2},
         "galore": {"rank": 4, "update_proj_gap": 10, "lr": 1e-2},
-        "hybrid": {"r": 4, "lora_alpha": 8, "lr": 1e-2, "rank": 4, "update_proj_gap": 10, "galore_lr": 1e-2}}
+        "hybrid": {"r": 4, "lora_alpha": 8, "lr": 1e-2, "rank": 4, "update_proj_gap": 10, "galore_lr": 1e-2},
+        "full": {"lr": 1e-2}}  # large enough that two steps change more than saving in bf16 rounds off
 SETTINGS = {kind: {**METHODS[kind].DEFAULTS, **TINY.get(kind, {})} for kind in TRAINED_KINDS}
 CONVERSATIONS = [
     [{"role": "user", "content": "What does the Python function do?"},
