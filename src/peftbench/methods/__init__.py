@@ -25,11 +25,6 @@ KINDS = {module.NAME: module for module in (importlib.import_module(f"peftbench.
 TRAINED_KINDS = [name for name, kind in KINDS.items() if kind.TRAINS]
 
 
-def find_kind(name):
-    """peftbench's kind of that name, else peft's method of that name as a kind, else None."""
-    return KINDS.get(name) or peft_kinds.kind(name)
-
-
 class _Kinds(dict):
     """KINDS, where a missing name is looked up among peft's methods."""
 
@@ -42,3 +37,11 @@ class _Kinds(dict):
 
 
 METHODS = _Kinds(KINDS)  # the name the training code and the benchmarks use
+
+
+def find_kind(name):
+    """peftbench's kind of that name, else peft's method of that name as a kind (built once), else None."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        return None
