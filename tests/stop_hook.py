@@ -11,7 +11,8 @@ the marker and SIGKILLs the process group, so the kill lands exactly there howev
 The plan, as JSON in the environment:
   PEFTBENCH_TEST_STOP_RESULTS   the study's output_dir (absolute)
   PEFTBENCH_TEST_STOP_TRAIN     {"<method>": <step>, ...}: stop after saving <results>/<method>/seed0/
-                                .checkpoints/<key>/step-<step:08d>
+                                .checkpoints/<key>/step-<step:08d>; a key with a "/" names the run's
+                                folder itself (a sweep's "tuning/<method>/lr<rate>")
   PEFTBENCH_TEST_STOP_GENERATE  {"run": "base" | "<method>/seed0", "first": <n>}: stop after writing
                                 <results>/<run>/.generations.jsonl.chunks/<key>/<n:08d>.json
 """
@@ -51,8 +52,9 @@ def _patch_checkpoint(module):
         result = save(self, step, *args, **kwargs)
         path = Path(self.path(step)).resolve()  # <results>/<method>/seed0/.checkpoints/<key>/step-<8 digits>
         for method, planned in plan.items():
+            folder = method if "/" in method else f"{method}/seed0"
             if (step == planned and path.name == f"step-{planned:08d}" and KEY.match(path.parent.name)
-                    and path.parent.parent == _results() / method / "seed0" / ".checkpoints" and path.is_dir()):
+                    and path.parent.parent == _results() / folder / ".checkpoints" and path.is_dir()):
                 _stop("train", method, step=step, path=str(path))
         return result
 

@@ -28,7 +28,7 @@ SETTINGS = {
 KINDS = [*TRAINED_KINDS, "loha"]
 TRAINING = {"epochs": 2, "batch_size": 4, "warmup_ratio": 0.2, "weight_decay": 0.01, "max_grad_norm": 1.0,
             "gradient_checkpointing": False, "trainable_tokens": ["<start_of_turn>", "<end_of_turn>"],
-            "trainable_tokens_lr": 1e-2, "log_every": 1, "checkpoint_every": 1}
+            "trainable_tokens_lr": 1e-2, "log_every": 1, "checkpoint_every": 1, "eval_every": 2}
 STEPS = 6  # 12 examples, batch 4, 2 epochs
 
 
@@ -46,7 +46,17 @@ def train_path(tmp_path_factory):
     return path
 
 
-def run(method, model_dir, train_path, out, checkpoints, training=TRAINING, kill_after=None, monkeypatch=None):
+@pytest.fixture(scope="module")
+def validation_path(train_path):
+    path = train_path.with_name("validation.jsonl")
+    rows = [{"messages": [{"role": "user", "content": f"Which value does function {i} give back?"},
+                          {"role": "assistant", "content": f"The value {i}."}]} for i in range(5)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def run(method, model_dir, train_path, out, checkpoints, training=TRAINING, kill_after=None, monkeypatch=None,
+        validation=None):
     """train(); with kill_after, the step after that many steps raises Killed instead of running."""
     if kill_after is not None:
         real_step, calls = train_module.training_step, []
@@ -60,12 +70,12 @@ def run(method, model_dir, train_path, out, checkpoints, training=TRAINING, kill
         monkeypatch.setattr(train_module, "training_step", step)
         with pytest.raises(Killed):
             train_module.train(method, method, model_dir, train_path, SETTINGS[method], training, out,
-                               seed=1, device="cpu", checkpoint_dir=checkpoints)
+                               seed=1, device="cpu", checkpoint_dir=checkpoints, validation_path=validation)
         monkeypatch.setattr(train_module, "training_step", real_step)
         assert not out.exists()  # a killed run leaves no output behind
         return None
     return train_module.train(method, method, model_dir, train_path, SETTINGS[method], training, out, seed=1,
-                              device="cpu", checkpoint_dir=checkpoints)
+                              device="cpu", checkpoint_dir=checkpoints, validation_path=validation)
 
 
 def trained_tensors(folder):
@@ -80,19 +90,24 @@ def assert_bitwise_equal(a, b):
 
 
 @pytest.mark.parametrize("method", KINDS)
-def test_interrupted_training_resumes_to_the_same_weights(method, model_dir, train_path, tmp_path, monkeypatch):
-    reference = run(method, model_dir, train_path, tmp_path / "ref", tmp_path / "ref-ckpt")
+def test_interrupted_training_resumes_to_the_same_weights(method, model_dir, train_path, validation_path, tmp_path,
+                                                          monkeypatch):
+    reference = run(method, model_dir, train_path, tmp_path / "ref", tmp_path / "ref-ckpt", validation=validation_path)
     assert not (tmp_path / "ref-ckpt").exists()  # removed once the output is saved
     kill_after = 4  # mid-second epoch, after a GaLore projector update (steps 3 and 6 recompute it)
     run(method, model_dir, train_path, tmp_path / "out", tmp_path / "ckpt", kill_after=kill_after,
-        monkeypatch=monkeypatch)
+        monkeypatch=monkeypatch, validation=validation_path)
     (key_dir,) = (tmp_path / "ckpt").iterdir()
     assert sorted(p.name for p in key_dir.glob("step-*")) == ["step-00000003", "step-00000004"]  # last two kept
-    resumed = run(method, model_dir, train_path, tmp_path / "out", tmp_path / "ckpt")
+    resumed = run(method, model_dir, train_path, tmp_path / "out", tmp_path / "ckpt", validation=validation_path)
     assert_bitwise_equal(trained_tensors(tmp_path / "ref"), trained_tensors(tmp_path / "out"))
     assert resumed["loss"] == reference["loss"] and len(resumed["loss"]) == STEPS
     assert resumed["tokens_seen"] == reference["tokens_seen"]
     assert resumed["resumed_at_steps"] == [kill_after] and reference["resumed_at_steps"] == []
+    # the validation losses measured before the kill come back from the checkpoint; none is measured twice
+    assert [v["step"] for v in resumed["validation"]] == [2, 4, 6]
+    assert resumed["validation"] == reference["validation"]
+    assert resumed["validation_loss"] == reference["validation"][-1]["loss"]
     assert not (tmp_path / "ckpt").exists()
 
 

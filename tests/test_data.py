@@ -1,4 +1,5 @@
 """prepare_data on local files written in the exact schemas of the three hub datasets."""
+import hashlib
 import json
 import subprocess
 import sys
@@ -29,14 +30,17 @@ def write_jsonl(path, rows):
     return str(path)
 
 
-def data_config(tmp_path, alpaca, ultrachat_train, ultrachat_test, max_length=128, n_train=6, n_test=3):
+def data_config(tmp_path, alpaca, ultrachat_train, ultrachat_test, max_length=128, n_train=6, n_test=3,
+                n_validation=0):
     return {"max_length": max_length, "sources": [
         {"name": "alpaca", "format": "alpaca", "files": {"train": write_jsonl(tmp_path / "alpaca.jsonl", alpaca)},
-         "train": {"split": "train", "n": n_train}, "test": {"split": "train", "n": n_test}},
+         "train": {"split": "train", "n": n_train}, "validation": {"n": n_validation},
+         "test": {"split": "train", "n": n_test}},
         {"name": "ultrachat", "format": "messages",
          "files": {"train_sft": write_jsonl(tmp_path / "uc_train.jsonl", ultrachat_train),
                    "test_sft": write_jsonl(tmp_path / "uc_test.jsonl", ultrachat_test)},
-         "train": {"split": "train_sft", "n": n_train}, "test": {"split": "test_sft", "n": n_test}},
+         "train": {"split": "train_sft", "n": n_train}, "validation": {"n": n_validation},
+         "test": {"split": "test_sft", "n": n_test}},
     ]}
 
 
@@ -77,20 +81,45 @@ def test_prepare_data_counts_drops_and_is_leak_free(tmp_path, model_dir):
     leak = json.loads(json.dumps(uc_test[0]))
     leak["messages"][-1]["content"] = "A different answer."
     uc_train = ultrachat_rows(8, offset=100) + [leak]
-    cfg = data_config(tmp_path, alpaca, uc_train, uc_test)
+    cfg = data_config(tmp_path, alpaca, uc_train, uc_test, n_validation=2)
     manifest = prepare_data(cfg, model_dir, tmp_path / "out", seed=1)
-    train = [json.loads(line) for line in (tmp_path / "out/train.jsonl").read_text().splitlines()]
-    test = [json.loads(line) for line in (tmp_path / "out/test.jsonl").read_text().splitlines()]
-    assert len(train) == 12 and len(test) == 6
+    train, validation, test = ([json.loads(line) for line in (tmp_path / f"out/{split}.jsonl").read_text().splitlines()]
+                               for split in ("train", "validation", "test"))
+    assert len(train) == 12 and len(validation) == 4 and len(test) == 6
     prompts = lambda rows: {json.dumps(r["messages"][:-1]) for r in rows}  # noqa: E731
-    assert not prompts(train) & prompts(test)
+    assert not prompts(train) & prompts(test) and not prompts(validation) & (prompts(train) | prompts(test))
     alpaca_m = manifest["sources"]["alpaca"]
     assert alpaca_m["dropped"].get("empty response", 0) + alpaca_m["dropped"].get("longer than max_length", 0) <= 2
-    assert alpaca_m["kept"] == {"train": 6, "test": 3}
+    assert alpaca_m["kept"] == {"train": 6, "validation": 2, "test": 3}
     uc = manifest["sources"]["ultrachat"]
-    assert uc["kept"] == {"train": 6, "test": 3}
-    assert set(manifest["files"]) == {"train.jsonl", "test.jsonl"}
-    assert all(r["messages"][-1]["role"] == "assistant" for r in train + test)
+    assert uc["kept"] == {"train": 6, "validation": 2, "test": 3}
+    assert set(manifest["files"]) == {"train.jsonl", "validation.jsonl", "test.jsonl"}
+    assert all(r["messages"][-1]["role"] == "assistant" for r in train + validation + test)
+
+
+def test_the_test_split_written_alone_later_is_the_same_draw(tmp_path, model_dir):
+    cfg = data_config(tmp_path, alpaca_rows(14), ultrachat_rows(9, offset=100), ultrachat_rows(4), n_validation=2)
+    prepare_data(cfg, model_dir, tmp_path / "all", seed=1)
+    manifest = prepare_data(cfg, model_dir, tmp_path / "out", seed=1, splits=("train", "validation"))
+    assert not (tmp_path / "out/test.jsonl").exists()  # what the workflow has before rates are chosen
+    assert manifest["test_sha256"] == hashlib.sha256((tmp_path / "all/test.jsonl").read_bytes()).hexdigest()
+    prepare_data(cfg, model_dir, tmp_path / "out", seed=1, splits=("test",))
+    for split in ("train", "validation", "test"):
+        assert (tmp_path / f"out/{split}.jsonl").read_bytes() == (tmp_path / f"all/{split}.jsonl").read_bytes()
+    # data that changed under the manifest gives another test draw: refused, not written
+    (tmp_path / "out/test.jsonl").unlink()
+    changed = data_config(tmp_path, alpaca_rows(14), ultrachat_rows(9, offset=100), ultrachat_rows(4, offset=500),
+                          n_validation=2)
+    with pytest.raises(UserError, match="the test draw differs from the one .* recorded .*: rerun prepare_data"):
+        prepare_data(changed, model_dir, tmp_path / "out", seed=1, splits=("test",))
+    assert not (tmp_path / "out/test.jsonl").exists()
+
+
+def test_a_short_validation_draw_names_the_fix(tmp_path, model_dir):
+    cfg = data_config(tmp_path, alpaca_rows(11), ultrachat_rows(12), ultrachat_rows(3, offset=70), n_validation=4)
+    with pytest.raises(UserError, match="source alpaca: only 2 usable validation examples of 4 asked .*lower "
+                                        "validation.n or train.n"):
+        prepare_data(cfg, model_dir, tmp_path / "out")
 
 
 def test_leaked_prompt_is_dropped_and_counted(tmp_path, model_dir):
@@ -135,7 +164,7 @@ def test_same_config_gives_byte_identical_files_across_processes(tmp_path, model
 def test_builtin_demo_sources_follow_the_hub_schemas(tmp_path, model_dir, demo_config):
     manifest = prepare_data(demo_config["data"], model_dir, tmp_path / "out")
     assert {name: s["kept"] for name, s in manifest["sources"].items()} == {
-        name: {"train": 32, "test": 8} for name in ("alpaca", "tulu", "ultrachat")}
+        name: {"train": 32, "validation": 8, "test": 8} for name in ("alpaca", "tulu", "ultrachat")}
 
 
 def write_hub_repository(root, repo_id, splits, readme=None):
@@ -182,10 +211,10 @@ def test_study_sources_load_through_the_hub_code_path(tmp_path, model_dir, study
     data = study_config["data"]
     for source in data["sources"]:
         source["hub"] = local[source["hub"]]
-        source["train"]["n"], source["test"]["n"] = 6, 3
+        source["train"]["n"], source["validation"], source["test"]["n"] = 6, {"n": 1}, 3
     manifest = prepare_data(dict(data, max_length=256), model_dir, tmp_path / "out")
     assert {n: s["kept"] for n, s in manifest["sources"].items()} == {
-        n: {"train": 6, "test": 3} for n in ("alpaca", "tulu", "ultrachat")}
+        n: {"train": 6, "validation": 1, "test": 3} for n in ("alpaca", "tulu", "ultrachat")}
     assert manifest["sources"]["tulu"]["dropped"] == {"turns out of order": 1}
     rows = [json.loads(line) for line in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
     tulu_first = next(r for r in rows if r["source"] == "tulu")["messages"][0]

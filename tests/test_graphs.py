@@ -12,7 +12,7 @@ from peftbench import attention, graphs
 from peftbench.chat import IGNORE_INDEX, encode_chat
 from peftbench.methods import METHODS
 from peftbench.model import load_model
-from peftbench.train import answer_loss, pack, training_step
+from peftbench.train import answer_loss, pack, training_step, validation_loss
 from peftbench.trainable import build_trainable, causal_lm
 
 MULTIPLE, SLOTS = 32, 5  # small enough that the tiny examples meet several padded lengths
@@ -133,6 +133,30 @@ def test_training_steps_with_graphs_follow_the_eager_steps(model_dir, tokenizer,
     torch.testing.assert_close(graphed_losses, eager_losses, rtol=2e-2, atol=2e-2)
     for a, b in zip(graphed_weights, eager_weights):
         torch.testing.assert_close(a, b, rtol=5e-2, atol=5e-3)
+
+
+@needs_gpu
+@pytest.mark.parametrize("method", ["lora", "qlora", "full"])
+def test_validation_between_graphed_compiled_steps_changes_nothing(model_dir, tokenizer, examples, method):
+    """The study's path (compiled layers, CUDA graphs) with a validation pass after every step: the passes run
+    the eager decoder without gradients and leave the graphs' replays, hence training, as they were."""
+    runs = []
+    for validate in (False, True):
+        model, trained, groups = gpu_build(method, model_dir, tokenizer, True, True)
+        kind, settings = kind_and_settings(method)
+        optimizer = kind.optimizer(groups, settings, TRAINING)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        losses, validations = [], []
+        for batch in (examples, examples[:1], examples):
+            losses.append(training_step(model, optimizer, scheduler, batch, trained, 1.0)[0].float())
+            if validate:
+                validations.append(validation_loss(model, examples[1:], SLOTS - 1))
+        runs.append((torch.stack(losses), [p.detach().float().clone() for p in trained], validations))
+    (plain_losses, plain_weights, _), (losses, weights, validations) = runs
+    assert all(v is not None and v > 0 for v in validations), validations
+    torch.testing.assert_close(losses, plain_losses, rtol=1e-3, atol=1e-3)
+    for a, b in zip(weights, plain_weights):
+        torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-3)
 
 
 @needs_gpu

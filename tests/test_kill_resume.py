@@ -54,8 +54,9 @@ def run(method):
 
 def snakemake_command(config, *args, report=False):
     """Snakemake on every method's scores (the report adds nothing to compare, unless asked for)."""
-    results = Path(yaml.safe_load(Path(config).read_text())["output_dir"])
-    targets = [str(results / run(m) / "scores.json") for m in ALL_METHODS] + [str(results / "report.md")] * report
+    settings = yaml.safe_load(Path(config).read_text())
+    results = Path(settings["output_dir"])
+    targets = [str(results / run(m) / "scores.json") for m in settings["compare"]] + [str(results / "report.md")] * report
     # targets first: --configfile and --rerun-triggers would take them as more values
     return [sys.executable, "-m", "snakemake", *targets, "--cores", "2", "--snakefile", str(ROOT / "Snakefile"),
             "--configfile", str(config), *RERUN_TRIGGERS, *args]
@@ -276,3 +277,48 @@ def test_rerun_triggers_retrain_on_a_changed_setting_not_on_a_changed_rule_comma
     changed_config.write_text(yaml.safe_dump(changed))
     plan = snakemake(changed_config, "-n")
     assert re.search(rf"^train\s+{len(TRAINED)}$", plan.stdout, re.M), plan.stdout
+
+
+# A learning-rate sweep (peftbench.tuning) killed inside its second rate's training: the rerun resumes that run,
+# chooses the same rate from the same validation losses, and ends with the reference's weights.
+SWEEP = [1.0e-3, 1.0e-2]
+
+
+def sweep_overlay(tmp_path, model_dir):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    config = workflow_overlay(
+        tmp_path, model_dir, seeds=[0], compare=["base", "lora"], tuning={"grids": {"lora": SWEEP}},
+        training={"epochs": 1, "batch_size": 4, "log_every": 1, "checkpoint_every": 1, "eval_every": 2},
+        generation={"max_new_tokens": 16, "batch_size": 4})
+    settings = yaml.safe_load(config.read_text())
+    for source in settings["data"]["sources"]:
+        source["validation"] = {"n": 2}
+    config.write_text(yaml.safe_dump(settings))
+    return config
+
+
+def test_a_killed_sweep_resumes_to_the_same_choice_and_weights(tmp_path, model_dir):
+    reference_config = sweep_overlay(tmp_path / "reference", model_dir)
+    snakemake(reference_config)
+    killed_dir = tmp_path / "killed"
+    config, results = sweep_overlay(killed_dir, model_dir), killed_dir / "results"
+    folder, step = f"tuning/lora/lr{SWEEP[1]:g}", random.Random().randint(1, STEPS - 2)
+    [marker] = run_until(config, killed_dir / "snakemake.log", killed_dir / "stop",
+                         stopping_environment(killed_dir / "hook", killed_dir / "stop", results, train={folder: step}))
+    assert (marker["name"], marker["step"]) == (folder, step)
+    assert not (results / folder / "trained").exists() and not (results / "data/test.jsonl").exists()
+    snakemake(config, "--unlock")
+    snakemake(config, "--rerun-incomplete")
+    reference = tmp_path / "reference" / "results"
+    chosen, expected = (json.loads((r / "tuning/lora/selection.json").read_text()) for r in (results, reference))
+    assert chosen["chosen_lr"] == expected["chosen_lr"]
+    assert [p["validation_loss"] for p in chosen["points"]] == pytest.approx(
+        [p["validation_loss"] for p in expected["points"]], rel=ROUNDING, abs=0)
+    resumed = json.loads((results / folder / "trained/train_metrics.json").read_text())
+    assert resumed["resumed_at_steps"] and resumed["resumed_at_steps"][0] >= step
+    assert [v["step"] for v in resumed["validation"]] == [2, 4, 6]  # none lost, none measured twice
+    ref, out = (trained_tensors(r / "lora/seed0/trained") for r in (reference, results))
+    assert ref.keys() == out.keys() and ref
+    assert not [n for n in ref if (out[n] - ref[n]).abs().max() > ROUNDING * ref[n].abs().max()]
+    for name in ("generations.jsonl", "scores.json"):
+        assert (results / "lora/seed0" / name).read_bytes() == (reference / "lora/seed0" / name).read_bytes()

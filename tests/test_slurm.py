@@ -88,13 +88,13 @@ def sacct(job_ids, env):
 def test_every_job_ran_through_slurm_with_its_rules_requests(runs, slurm_env):
     _, slurm_results, log = runs
     job_ids = re.findall(r"has been submitted with SLURM jobid (\d+)", log)
-    assert len(job_ids) == 9, log[-3000:]
+    assert len(job_ids) == 10, log[-3000:]
     for job_id in job_ids:  # the plugin's per-job log, kept
         assert list(slurm_results.parent.glob(f"slurm_logs/**/{job_id}.log")), job_id
     jobs = sacct(job_ids, slurm_env)
     rules = sorted(re.match(r"rule_(.+?)(_wildcards_|$)", job["Comment"]).group(1) for job in jobs)
-    assert rules == sorted(["prepare_model", "prepare_data", "train", "generate", "generate", "score", "score",
-                            "compare", "report"]), rules
+    assert rules == sorted(["prepare_model", "prepare_data", "prepare_test", "train", "generate", "generate", "score",
+                            "score", "compare", "report"]), rules
     for job in jobs:
         assert (job["State"], job["Partition"], job["Account"]) == ("COMPLETED", "gpu", "peftbench"), job
     # train.smk: threads 4, mem_mb 32000, runtime 24 h; score.smk: 1 thread, 2000 MB, 30 min

@@ -43,7 +43,7 @@ def overlay(tmp_path, model_dir, **changes):
         "model": {"source": "local", "path": hf_path},
         "data": {"max_length": 480, "sources": [
             {"name": name, "builtin": name, "format": "alpaca" if name == "alpaca" else "messages",
-             "train": {"split": split, "n": 8}, "test": {"split": test_split, "n": 3}}
+             "train": {"split": split, "n": 8}, "validation": {"n": 2}, "test": {"split": test_split, "n": 3}}
             for name, split, test_split in [("alpaca", "train", "train"), ("tulu", "train", "train"),
                                             ("ultrachat", "train_sft", "test_sft")]]},
         "compare": ALL_METHODS,
@@ -52,6 +52,7 @@ def overlay(tmp_path, model_dir, **changes):
         "training": {"epochs": 1, "batch_size": 4, "log_every": 1},
         "variants": VARIANTS,
         "generation": {"max_new_tokens": 8, "batch_size": 4},
+        "tuning": "off",  # config.yaml's sweeps: tests/test_tuning_workflow.py
         **changes,
     }
     path = tmp_path / "overlay.yaml"

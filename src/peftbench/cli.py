@@ -14,9 +14,12 @@ from peftbench.errors import UserError
 
 STEPS = {
     "prepare-model": ("peftbench.model", "make the base model a local Hugging Face folder (model.json)"),
-    "prepare-data": ("peftbench.data", "sample, normalize and split the data sources (train/test jsonl)"),
+    "prepare-data": ("peftbench.data", "sample, normalize and split the data sources (train/validation/test)"),
     "demo-data": ("peftbench.demo_data", "write the offline demo's instruction data from Python's docs"),
     "train": ("peftbench.train", "fine-tune one method with one seed, resumable"),
+    "select-rate": ("peftbench.tuning:select_main", "choose a variant's learning rate from its sweep, on "
+                                                    "validation loss"),
+    "adopt-tuned": ("peftbench.tuning:adopt_main", "make the sweep's run at the chosen rate a final run"),
     "generate": ("peftbench.generate", "answer every test prompt greedily, resumable"),
     "score": ("peftbench.score", "BLEU-4 and ROUGE-L of one run's answers"),
     "compare": ("peftbench.compare", "paired bootstrap over every run's scores"),
@@ -74,10 +77,11 @@ def main(argv=None):
         from peftbench.gpus import claim_gpu
 
         claim_gpu()  # the claim, an open lock file, lasts until this process ends
-    module = importlib.import_module(module_name)
+    module_name, _, function = module_name.partition(":")
+    step_main = getattr(importlib.import_module(module_name), function or "main")
     sys.argv[0] = f"peftbench {step}"  # argparse's usage line names the step
     try:
-        module.main(argv)
+        step_main(argv)
     except UserError as error:
         line = f"peftbench {step}: error: {error}"
         print(line, file=sys.stderr)

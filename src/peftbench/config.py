@@ -26,12 +26,15 @@ def validate_config(config: dict) -> dict:
         message = error.message
         if error.validator == "additionalProperties":
             message = message.replace("Additional properties are not allowed", "unknown key")
+        elif error.validator == "oneOf" and error.absolute_path and error.absolute_path[0] == "tuning":
+            message = "give off, or {multiples: [...], grids: {variant: [rates]}}"
         elif error.validator == "oneOf":
             message = "give exactly one of hub, builtin or files"
         raise UserError(f"config error at {_key_path(error)}: {message} (see {SCHEMA_PATH.name})")
+    from peftbench.tuning import grids
     from peftbench.variants import resolve
 
-    resolve(config)  # every compared variant's kind and settings
+    grids(config, resolve(config))  # every compared variant's kind and settings, and the tuning grids
     return config
 
 

@@ -1,5 +1,5 @@
 """prepare_data: fetch every configured source, normalize it to chat messages, drop bad rows (counted),
-and draw a deterministic, leak-free train/test sample.
+and draw a deterministic, leak-free train/validation/test sample.
 
 Sources come from the Hugging Face hub (`hub:`), from local files (`files:` split -> .json/.jsonl/.parquet)
 or from the builtin offline demo set (`builtin:`, made by demo_data.py). All go through
@@ -7,20 +7,20 @@ datasets.load_dataset, so the same code serves all three. Two formats: `alpaca` 
 output) and `messages` (a list of {role, content}, as in tulu-v2 and ultrachat_200k).
 
 Determinism: rows are visited in the order of a seeded sha256 of their content, never of file order or
-Python's hash, so the same config gives byte-identical train.jsonl and test.jsonl on any machine.
+Python's hash, so the same config gives byte-identical train, validation and test files on any machine.
 """
 import argparse
 import hashlib
 import json
 import logging
 import re
-import shutil
 import statistics
+import tempfile
 from collections import Counter
 from pathlib import Path
 
 from peftbench.chat import encode_chat, split_prompt_reference
-from peftbench.io import atomic_dir, write_json, write_jsonl
+from peftbench.io import read_json, write_json, write_jsonl
 from peftbench.errors import UserError
 from peftbench.model import load_tokenizer
 
@@ -38,7 +38,8 @@ def load_split(source: dict, split: str, cache_dir: Path):
         from peftbench.demo_data import write_demo_source
 
         # Enough rows that the sample never runs short after drops; ultrachat writes a third to test_sft.
-        rows = 2 * (source["train"]["n"] + source["test"]["n"]) + 8
+        wanted = source["train"]["n"] + source.get("validation", {}).get("n", 0) + source["test"]["n"]
+        rows = 2 * wanted + 8
         files = write_demo_source(source["builtin"], cache_dir / source["name"], rows)
         return datasets.load_dataset("json", data_files={split: str(files[split])}, split=split)
     if "files" in source:
@@ -226,7 +227,8 @@ def draw(dataset, source, seed, tokenizer, max_length, n_wanted, dropped, length
             continue
         key = prompt_key(messages)
         if key in seen:
-            dropped["prompt also in test" if held_out and key in held_out["prompts"] else "duplicate prompt"] += 1
+            dropped[held_out.get("label", "prompt also in test") if held_out and key in held_out["prompts"]
+                    else "duplicate prompt"] += 1
             continue
         n_tokens = len(encode_chat(tokenizer, messages)[0])
         if n_tokens > max_length:
@@ -251,33 +253,56 @@ def sha256_file(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def prepare_data(data_cfg: dict, model_dir, out_dir, seed=0) -> dict:
-    """Write out_dir/train.jsonl, test.jsonl and manifest.json; return the manifest."""
+SPLITS = ("train", "validation", "test")
+
+
+def _drawn_test(source, seed, tokenizer, max_length, downloads):
+    """The source's test draw: (test rows, its split, the row indices it visited, drops, token lengths). Drawn
+    first, so that it is the same whichever other splits are written."""
+    dropped, lengths, visited = Counter(), [], set()
+    test_split = load_split(source, source["test"]["split"], downloads)
+    test = draw(test_split, source, seed, tokenizer, max_length, source["test"]["n"], dropped, lengths, visited=visited)
+    if len(test) < source["test"]["n"]:  # checked first: the train draw comes after the test's
+        raise UserError(f"source {source['name']}: only {len(test)} usable test examples of {source['test']['n']} "
+                        f"asked (split {source['test']['split']!r} has {len(test_split)} rows; "
+                        f"{dict(dropped)} dropped): lower test.n or raise data.max_length")
+    return test, test_split, visited, dropped, lengths
+
+
+def _jsonl_sha256(rows):
+    """sha256 of rows as write_jsonl writes them."""
+    return hashlib.sha256("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()).hexdigest()
+
+
+def prepare_data(data_cfg: dict, model_dir, out_dir, seed=0, splits=SPLITS) -> dict:
+    """Write out_dir/<split>.jsonl for each of `splits` (train, validation, test); with train, also
+    manifest.json, which is returned. The workflow writes test.jsonl in a step of its own, after learning
+    rates are chosen on validation data, so that nothing reads the test set before the final runs: that step
+    draws the test split again and checks it against the manifest's record of it."""
     tokenizer = load_tokenizer(model_dir)
     out_dir = Path(out_dir)
-    train_rows, test_rows, manifest = [], [], {"seed": seed, "max_length": data_cfg["max_length"], "sources": {}}
-    with atomic_dir(out_dir) as tmp:
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    rows = {split: [] for split in SPLITS}
+    manifest = {"seed": seed, "max_length": data_cfg["max_length"], "sources": {}}
+    max_length = data_cfg["max_length"]
+    # beside out_dir, not in it: a failed step leaves no output folder behind
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}-downloads-", dir=out_dir.parent) as downloads:
         for source in data_cfg["sources"]:
             name = source["name"]
             if "hub" in source:
                 source = {**source, "revision": resolve_revision(source)}
-            dropped, train_lengths, test_lengths = Counter(), [], []
-            test_split = load_split(source, source["test"]["split"], tmp / "downloads")
-            test_visited = set()
-            test = draw(test_split, source, seed, tokenizer, data_cfg["max_length"], source["test"]["n"],
-                        dropped, test_lengths, visited=test_visited)
-            if len(test) < source["test"]["n"]:  # checked first: the train draw comes after the test's
-                raise UserError(f"source {name}: only {len(test)} usable test examples of {source['test']['n']} "
-                                f"asked (split {source['test']['split']!r} has {len(test_split)} rows; "
-                                f"{dict(dropped)} dropped): lower test.n or raise data.max_length")
+            test, test_split, test_visited, dropped, test_lengths = _drawn_test(
+                source, seed, tokenizer, max_length, Path(downloads))
+            rows["test"] += test
+            if "train" not in splits:
+                continue
             same_split = source["train"]["split"] == source["test"]["split"]
-            train_split = test_split if same_split else load_split(source, source["train"]["split"], tmp / "downloads")
+            train_split = test_split if same_split else load_split(source, source["train"]["split"], Path(downloads))
             held_out = {"prompts": {prompt_key(r["messages"]) for r in test},
                         "indices": test_visited if same_split else set()}
-            train = draw(train_split, source, seed, tokenizer, data_cfg["max_length"], source["train"]["n"],
-                         dropped, train_lengths, held_out)
-            for row in train + test:
-                del row["_index"]
+            train_lengths, train_visited = [], set()
+            train = draw(train_split, source, seed, tokenizer, max_length, source["train"]["n"],
+                         dropped, train_lengths, held_out, visited=train_visited)
             if len(train) < source["train"]["n"]:
                 shared = (f", {len(test_visited)} of them drawn for test" if same_split else "")
                 fix = "lower train.n (or test.n) or raise data.max_length" if same_split else \
@@ -285,29 +310,60 @@ def prepare_data(data_cfg: dict, model_dir, out_dir, seed=0) -> dict:
                 raise UserError(f"source {name}: only {len(train)} usable train examples of {source['train']['n']} "
                                 f"asked (split {source['train']['split']!r} has {len(train_split)} rows{shared}; "
                                 f"{dict(dropped)} dropped): {fix}")
+            # Validation: carved from the rest of the training pool, disjoint from train and test.
+            validation_n = source.get("validation", {}).get("n", 0)
+            validation_lengths = []
+            validation = draw(train_split, source, seed, tokenizer, max_length, validation_n, dropped,
+                              validation_lengths,
+                              {"prompts": held_out["prompts"] | {prompt_key(r["messages"]) for r in train},
+                               "indices": held_out["indices"] | train_visited,
+                               "label": "prompt also in train or test"})
+            if len(validation) < validation_n:
+                raise UserError(f"source {name}: only {len(validation)} usable validation examples of "
+                                f"{validation_n} asked (split {source['train']['split']!r} has {len(train_split)} "
+                                f"rows, {len(train)} drawn for train; {dict(dropped)} dropped): lower validation.n "
+                                "or train.n")
             test_loose = {loose_key(r["messages"]) for r in test}
             manifest["sources"][name] = {
                 "origin": source.get("hub") or source.get("builtin") and f"builtin:{source['builtin']}"
                 or source.get("files"),
                 "revision": source.get("revision"),
                 "format": source["format"],
-                "splits": {"train": source["train"]["split"], "test": source["test"]["split"]},
-                "kept": {"train": len(train), "test": len(test)},
+                "splits": {"train": source["train"]["split"], "validation": source["train"]["split"],
+                           "test": source["test"]["split"]},
+                "kept": {"train": len(train), "validation": len(validation), "test": len(test)},
                 "dropped": dict(sorted(dropped.items())),
-                "near_duplicate_prompts": sum(loose_key(r["messages"]) in test_loose for r in train),
-                "tokens": {"train": _length_stats(train_lengths), "test": _length_stats(test_lengths)},
+                "near_duplicate_prompts": sum(loose_key(r["messages"]) in test_loose for r in train + validation),
+                "tokens": {"train": _length_stats(train_lengths), "validation": _length_stats(validation_lengths),
+                           "test": _length_stats(test_lengths)},
             }
-            log.info("%s: kept %d train, %d test; dropped %s", name, len(train), len(test), dict(dropped))
-            train_rows += train
-            test_rows += test
-        if len({prompt_key(r["messages"]) for r in train_rows} & {prompt_key(r["messages"]) for r in test_rows}):
-            raise UserError("a test prompt of one source is a train prompt of another: two sources share "
-                            "examples; remove one of them from data.sources")
-        write_jsonl(tmp / "train.jsonl", train_rows)
-        write_jsonl(tmp / "test.jsonl", test_rows)
-        manifest["files"] = {f: sha256_file(tmp / f) for f in ("train.jsonl", "test.jsonl")}
-        write_json(tmp / "manifest.json", manifest)
-        shutil.rmtree(tmp / "downloads", ignore_errors=True)
+            log.info("%s: kept %d train, %d validation, %d test; dropped %s", name, len(train), len(validation),
+                     len(test), dict(dropped))
+            rows["train"] += train
+            rows["validation"] += validation
+    for split_rows in rows.values():
+        for row in split_rows:
+            del row["_index"]
+    test_prompts = {prompt_key(r["messages"]) for r in rows["test"]}
+    if "train" in splits and test_prompts & {prompt_key(r["messages"]) for r in rows["train"] + rows["validation"]}:
+        raise UserError("a test prompt of one source is a train or validation prompt of another: two sources "
+                        "share examples; remove one of them from data.sources")
+    manifest_path = out_dir / "manifest.json"
+    if "train" in splits:
+        (out_dir / "test.jsonl").unlink(missing_ok=True)  # drawn from the data that is being replaced
+        manifest["test_sha256"] = _jsonl_sha256(rows["test"])
+        manifest["files"] = {}
+    elif "test" in splits and manifest_path.exists():
+        recorded = read_json(manifest_path).get("test_sha256")
+        if recorded and recorded != _jsonl_sha256(rows["test"]):
+            raise UserError(f"the test draw differs from the one {manifest_path} recorded (the data changed since "
+                            "prepare_data ran): rerun prepare_data")
+    for split in splits:
+        write_jsonl(out_dir / f"{split}.jsonl", rows[split])
+        if "train" in splits:
+            manifest["files"][f"{split}.jsonl"] = sha256_file(out_dir / f"{split}.jsonl")
+    if "train" in splits:
+        write_json(manifest_path, manifest)  # last: its presence says the splits beside it are whole
     return manifest
 
 
@@ -316,7 +372,10 @@ def main(argv=None):
     parser.add_argument("--data", required=True, help="the config's data section, as JSON")
     parser.add_argument("--model-dir", required=True, help="prepare_model's folder (for the tokenizer)")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the sample's seed (the same for every training seed)")
+    parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS),
+                        help="the splits to write: train (with validation and manifest.json) before learning rates "
+                             "are chosen, test after")
     args = parser.parse_args(argv)
-    manifest = prepare_data(json.loads(args.data), args.model_dir, args.out, args.seed)
+    manifest = prepare_data(json.loads(args.data), args.model_dir, args.out, args.seed, args.splits)
     print(json.dumps({name: s["kept"] for name, s in manifest["sources"].items()}))

@@ -1,12 +1,15 @@
 """report: one markdown page comparing the variants: scores before/after (mean ± spread over training
 seeds), confidence intervals and significant differences (from `peftbench compare`), cost, per-source
-scores, settings, and plots of the loss curves, of memory and time, and of the scores with intervals."""
+scores, settings, and plots of the loss curves, of memory and time, and of the scores with intervals; with
+learning-rate sweeps (`--selections`), the rates each variant's sweep tried and chose on validation data."""
 import argparse
 import base64
 import csv
 import json
+import math
 import os
 import platform
+import re
 import statistics
 from collections import defaultdict
 from importlib.metadata import version
@@ -60,9 +63,21 @@ def _score(entry):
     return _fmt(entry["mean"]) + (f" ± {_fmt(entry['sd'])}" if entry["sd"] is not None else "")
 
 
-def _lr(variant):
+def _configured_lr(variant):
     rates = [f"{variant.settings[k]:g}" for k in ("lr", "galore_lr") if k in variant.settings]
     return " / ".join(rates) or "—"
+
+
+def _trained_lr(runs):
+    """The rates the runs trained at (train_metrics.json's learning_rates; after tuning, the chosen ones);
+    None for runs that predate the key."""
+    used = dict.fromkeys(" / ".join(f"{rate:g}" for rate in m["learning_rates"].values())
+                         for m in runs if m.get("learning_rates"))
+    return ", ".join(used) or None
+
+
+def _lr(variant, runs):
+    return _trained_lr(runs) or _configured_lr(variant)
 
 
 def main_table(comparison, metrics, variants):
@@ -75,7 +90,7 @@ def main_table(comparison, metrics, variants):
         rows.append({
             "variant": method,
             "kind": variant.kind,
-            "lr": _lr(variant),
+            "lr": _lr(variant, runs),
             "seeds": len(comparison["seeds"][method]) if METHODS[variant.kind].TRAINS else "—",
             "BLEU-4 before": _fmt(base["bleu"]["mean"]) if base else "—",
             "BLEU-4 after": _score(overall["bleu"]),
@@ -189,8 +204,18 @@ def plot_loss(metrics, path):
         (line,) = ax.plot(x, losses.mean(axis=0), label=f"{method} ({len(runs)} seed{'s' * (len(runs) > 1)})")
         if len(runs) > 1:
             ax.fill_between(x, losses.min(axis=0), losses.max(axis=0), color=line.get_color(), alpha=0.2)
-    ax.set(xlabel="optimizer step", ylabel="training loss (answer tokens)", title="Training loss")
-    ax.legend(fontsize="small" if len(metrics) > 5 else None, ncol=2 if len(metrics) > 6 else 1)
+        validated = [m["validation"] for m in runs if m.get("validation")]
+        if validated:
+            points = min(len(v) for v in validated)
+            # dtype float: a loss that was not finite (None) becomes a gap, not an error.
+            validation = np.array([[p["loss"] for p in v[:points]] for v in validated], dtype=float)
+            ax.plot([p["step"] for p in validated[0][:points]], validation.mean(axis=0), color=line.get_color(),
+                    linestyle="--", marker="o", markersize=4, label=f"{method} validation")
+    any_validation = any(m.get("validation") for runs in metrics.values() for m in runs)
+    ax.set(xlabel="optimizer step", ylabel=f"{'loss' if any_validation else 'training loss'} (answer tokens)",
+           title="Training and validation loss" if any_validation else "Training loss")
+    entries = len(ax.get_legend_handles_labels()[1])
+    ax.legend(fontsize="small" if entries > 5 else None, ncol=2 if entries > 6 else 1)
     fig.tight_layout()
     _save(fig, path)
 
@@ -226,6 +251,39 @@ def plot_scores(comparison, path):
         ax.bar(methods, means, yerr=errors, capsize=4, color=color)
         ax.set(ylabel=label, title=f"{label} (error bars: {level})")
         _bar_labels(ax, len(methods))
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_tuning(selections, path):
+    """Each sweep's final validation loss against its learning rate, the chosen rate starred; a rate that
+    diverged has no loss, so it is an x at the top."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for selection in selections:
+        finished = [p for p in selection["points"] if p["validation_loss"] is not None]
+        (line,) = ax.plot([p["lr"] for p in finished], [p["validation_loss"] for p in finished], marker="o",
+                          label=selection["variant"])
+        for point in finished:
+            if _is_chosen(point, selection):
+                ax.plot(point["lr"], point["validation_loss"], marker="*", markersize=16, color=line.get_color(),
+                        markeredgecolor="black", linestyle="none")
+        diverged = [p["lr"] for p in selection["points"] if p["validation_loss"] is None]
+        # x in data, y in axes coordinates: the top edge, whatever the losses' range.
+        ax.plot(diverged, [0.97] * len(diverged), marker="x", markersize=9, color=line.get_color(),
+                linestyle="none", transform=ax.get_xaxis_transform(), clip_on=False)
+    ax.plot([], [], marker="*", markersize=12, color="gray", markeredgecolor="black", linestyle="none",
+            label="chosen")
+    if any(p["validation_loss"] is None for s in selections for p in s["points"]):
+        ax.plot([], [], marker="x", color="gray", linestyle="none", label="diverged / no finite loss")
+    ax.set_xscale("log")
+    rates = sorted({p["lr"] for s in selections for p in s["points"]})
+    if len(rates) <= 8:  # the grids' own rates read better than powers of ten, while they do not crowd
+        ax.set_xticks(rates, [f"{lr:g}" for lr in rates])
+        ax.minorticks_off()
+    ax.set(xlabel="learning rate (lr)", ylabel="final validation loss (answer tokens, nats)",
+           title="Learning rates tried on validation data")
+    ax.legend(fontsize="small" if len(selections) > 5 else None, ncol=2 if len(selections) > 6 else 1)
     fig.tight_layout()
     _save(fig, path)
 
@@ -277,6 +335,121 @@ def _memory_knob_lines(metrics):
             "same, the peak memory lower and the training time longer than without:", "", *lines, ""]
 
 
+def _is_chosen(point, selection):
+    return selection["chosen_lr"] is not None and math.isclose(point["lr"], selection["chosen_lr"], rel_tol=1e-9)
+
+
+def _grid_cell(selection):
+    """Each rate of the grid with its final validation loss; the chosen one bold."""
+    cells = []
+    for point in selection["points"]:
+        if point.get("diverged_at_step") is not None:
+            outcome = f"diverged at step {point['diverged_at_step']}"
+        else:
+            outcome = _fmt(point["validation_loss"], 3)
+        cell = f"{point['lr']:g}: {outcome}"
+        cells.append(f"**{cell}**" if _is_chosen(point, selection) else cell)
+    return ", ".join(cells)
+
+
+TIME_UNITS = (("h", 3600), ("min", 60), ("s", 1))
+
+
+def _time_unit(seconds):
+    """The largest unit of which `seconds` makes at least 1.5: '2.5 h' and '40.0 min' read better than seconds."""
+    return next((unit for unit in TIME_UNITS if seconds >= 1.5 * unit[1]), TIME_UNITS[-1])
+
+
+def _in_unit(seconds, unit):
+    name, size = unit
+    return f"{seconds / size:.{0 if name == 's' else 1}f} {name}"
+
+
+def _devices(records):
+    """'CPU' or the GPU's name, of each record (sweep point or run) that names its device."""
+    return {"CPU" if str(r["device"]).lower() == "cpu" else str(r["device"]) for r in records if r.get("device")}
+
+
+def _further_seeds_seconds(selection, runs, seeds):
+    """Training time of the variant's runs besides the sweep's reused one (runs[i] is the run of seeds[i])."""
+    return sum(m["train_seconds"] for seed, m in zip(seeds, runs) if seed != selection["seed"])
+
+
+def _chosen_lr(selection, variant, runs):
+    """The rates the final runs trained at; for runs without learning_rates, the chosen rate with the kind's
+    other rates scaled by the same factor."""
+    if _trained_lr(runs) or selection["chosen_lr"] is None:
+        return _trained_lr(runs) or "—"
+    factor = selection["chosen_lr"] / selection["configured_lr"]
+    return " / ".join(f"{variant.settings[k] * factor:g}" for k in selection["learning_rates"])
+
+
+def tuning_lines(selections, metrics, variants, seeds):
+    """The section on learning-rate selection: how, each sweep's grid and choice, its cost and warnings."""
+    sweep_seeds = list(dict.fromkeys(s["seed"] for s in selections))
+    sweep_seed = ", ".join(map(str, sweep_seeds))
+    other_seeds = ", ".join(str(s) for s in seeds if s not in sweep_seeds) or "none"
+    examples = sorted({m["validation_examples"] for s in selections for m in metrics.get(s["variant"], [])
+                       if m.get("validation_examples")})
+    lines = [
+        "## Learning rates, chosen on validation data",
+        "",
+        f"How: every variant below trained once per rate of its grid (training seed {sweep_seed}), and the rate "
+        "with the lowest final validation loss (mean loss on the answer tokens of the "
+        f"{'/'.join(map(str, examples)) + ' ' if examples else ''}validation examples, nats) was chosen; the "
+        f"other seeds ({other_seeds}) then trained at that rate, and the seed-{sweep_seed} run at the chosen rate "
+        "is reused as that seed's result. The test prompts play no part in the choice.",
+        "",
+    ]
+    for selection in selections:
+        names = [f"`{n}`" for n in selection["learning_rates"]]
+        if len(names) > 1:
+            lines += [f"**{selection['variant']}** trains {len(names)} rates ({', '.join(names)}): its grid lists "
+                      f"{names[0]} and scales {', '.join(names[1:])} by the same factor, keeping their ratio.", ""]
+    untuned = [m for m in metrics if m not in {s["variant"] for s in selections}]
+    if untuned:
+        lines += [f"{', '.join(f'**{m}**' for m in untuned)} trained at the configured rate (no sweep).", ""]
+
+    sweep_seconds = {s["variant"]: s["sweep_seconds"] for s in selections}
+    further_seconds = {s["variant"]: _further_seeds_seconds(s, metrics.get(s["variant"], []), seeds)
+                       for s in selections}
+    unit = _time_unit(max([*sweep_seconds.values(), *further_seconds.values()]))
+    devices = _devices([p for s in selections for p in s["points"]] +
+                       [m for s in selections for m in metrics.get(s["variant"], [])])
+    # One device labels the columns and the total; with several, each time names its own.
+    on_device = f" ({next(iter(devices))})" if len(devices) == 1 else ""
+
+    def time_cell(seconds, records):
+        return _in_unit(seconds, unit) + ("" if on_device else f" ({', '.join(sorted(_devices(records))) or 'n/a'})")
+
+    rows = []
+    for selection in selections:
+        name, runs = selection["variant"], metrics.get(selection["variant"], [])
+        rows.append({
+            "variant": name,
+            "grid: lr → final validation loss": _grid_cell(selection),
+            "chosen lr": _chosen_lr(selection, variants[name], runs),
+            "configured lr": _configured_lr(variants[name]),
+            f"sweep time{on_device}": time_cell(sweep_seconds[name], selection["points"]),
+            f"further seeds' time{on_device}": time_cell(further_seconds[name], runs),
+        })
+    lines += [_markdown(rows), ""]
+    edges = [s for s in selections if s.get("edge")]
+    if edges:
+        lines += [f"- ⚠ {s['variant']}: the best rate is the {s['edge']} of its grid: widen "
+                  f"`tuning.grids.{s['variant']}` (or `tuning.multiples`)" for s in edges] + [""]
+    sweeps, further = sum(sweep_seconds.values()), sum(further_seconds.values())
+    unit = _time_unit(max(sweeps, further))
+    ratio = f": the sweeps cost {sweeps / further:.1f}× the further seeds' training" if further else ""
+    lines += [f"**Total{on_device}:** the sweeps took {_in_unit(sweeps, unit)}, the further seeds' runs at the "
+              f"chosen rates {_in_unit(further, unit)}{ratio}. Both count training loops only (the sweeps' time sums "
+              "their runs' training time, as the table above reports it).",
+              "",
+              "![validation loss against learning rate](tuning.png)",
+              ""]
+    return lines
+
+
 HTML_PAGE = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>peftbench report</title><style>
 body {{ font-family: sans-serif; max-width: 80em; margin: 2em auto; line-height: 1.4; }}
@@ -294,7 +467,7 @@ def write_html(markdown_text, plot_dir, out_path):
     from markdown_it import MarkdownIt
 
     body = MarkdownIt("commonmark").enable("table").render(markdown_text)
-    for plot in ("loss.png", "cost.png", "scores.png"):
+    for plot in sorted(set(re.findall(r'src="([\w.-]+\.png)"', body))):  # the plots the page shows
         data = base64.b64encode((Path(plot_dir) / plot).read_bytes()).decode()
         body = body.replace(f'src="{plot}"', f'src="data:image/png;base64,{data}"')
     with atomic_path(out_path) as tmp:
@@ -314,12 +487,21 @@ def _dropped(counts):
     return ", ".join(f"{n} {reason}" for reason, n in counts.items()) or "0"
 
 
-def build_report(config, comparison, metrics, manifest, benchmarks, out_path):
-    """metrics: {method: [train_metrics of each seed]}."""
+def build_report(config, comparison, metrics, manifest, benchmarks, out_path, selections=None):
+    """metrics: {method: [train_metrics of each seed, in the order of config's seeds]}; selections: the
+    learning-rate sweeps' results (tuning.py's selection of each tuned variant), None or empty when the rates
+    were not tuned."""
     out_path = Path(out_path)
     plot_loss(metrics, out_path.parent / "loss.png")
     plot_cost(metrics, out_path.parent / "cost.png")
     plot_scores(comparison, out_path.parent / "scores.png")
+    order = list(comparison["methods"])
+    selections = sorted(selections or [], key=lambda s: order.index(s["variant"]) if s["variant"] in order
+                        else len(order))
+    if selections:
+        plot_tuning(selections, out_path.parent / "tuning.png")
+    else:  # one left by an earlier, tuned report would show other runs' sweeps
+        (out_path.parent / "tuning.png").unlink(missing_ok=True)
     any_metrics = next(iter(metrics.values()), [{}])[0]
     training, generation, model = config["training"], config["generation"], config["model"]
     bootstrap = comparison["bootstrap"]
@@ -327,7 +509,8 @@ def build_report(config, comparison, metrics, manifest, benchmarks, out_path):
     n_test = comparison["n"]["overall"]
     seeds = ", ".join(map(str, config["seeds"]))
     data_lines = [
-        f"| {name} | {s['origin']} | {s.get('revision') or '—'} | {s['kept']['train']} | {s['kept']['test']} | "
+        f"| {name} | {s['origin']} | {s.get('revision') or '—'} | {s['kept']['train']} | "
+        f"{s['kept'].get('validation', 0)} | {s['kept']['test']} | "
         f"{_dropped(s['dropped'])} | {s['tokens']['train'].get('mean', '—')} | {s['near_duplicate_prompts']} |"
         for name, s in manifest["sources"].items()
     ]
@@ -348,8 +531,10 @@ def build_report(config, comparison, metrics, manifest, benchmarks, out_path):
         "Scores, memory, time and tokens/s of a trained method are the mean ± standard deviation over its "
         "training seeds. The base model is untrained and decodes greedily, so it ran once: its scores do not "
         f"depend on a seed. Peak memory is {any_metrics.get('memory_kind', 'n/a')} during training; training "
-        "time counts the training loop only (no model loading); tokens/s counts real (non-padding) tokens.",
+        "time counts the training loop only (no model loading); tokens/s counts real (non-padding) tokens."
+        + _tuned_note(metrics),
         "",
+        *(tuning_lines(selections, metrics, variants, config["seeds"]) if selections else []),
         f"## Confidence intervals ({level}, paired bootstrap over test prompts)",
         "",
         interval_table(comparison),
@@ -415,13 +600,16 @@ def build_report(config, comparison, metrics, manifest, benchmarks, out_path):
         "",
         "## Data",
         "",
-        "| source | origin | revision | train | test | dropped (by reason) | mean train tokens | near-duplicate prompts |",
-        "|---|---|---|---|---|---|---|---|",
+        "| source | origin | revision | train | validation | test | dropped (by reason) | mean train tokens "
+        "| near-duplicate prompts |",
+        "|---|---|---|---|---|---|---|---|---|",
         *data_lines,
         "",
-        f"No test prompt appears in train (exact match after normalization). Files: "
+        "No test prompt appears in train or validation (exact match after normalization); near-duplicates "
+        "counts train and validation prompts that match a test prompt up to case, punctuation and spacing. "
+        "The test split is written only after every learning rate is chosen. Files: "
         f"train.jsonl sha256 `{manifest['files']['train.jsonl'][:16]}…`, "
-        f"test.jsonl sha256 `{manifest['files']['test.jsonl'][:16]}…`.",
+        f"test.jsonl sha256 `{(manifest.get('test_sha256') or manifest['files']['test.jsonl'])[:16]}…`.",
         "",
         "## Evaluation settings",
         "",
@@ -450,6 +638,15 @@ def build_report(config, comparison, metrics, manifest, benchmarks, out_path):
         tmp.write_text("\n".join(lines))
 
 
+def _tuned_note(metrics):
+    """Which variants' lr column holds a rate chosen on validation data (train_metrics.json's tuned)."""
+    tuned = [m for m, runs in metrics.items() if any(run.get("tuned") for run in runs)]
+    if not tuned:
+        return ""
+    others = "; the other variants' is the configured one" if len(tuned) < len(metrics) else ""
+    return f" The lr of {', '.join(f'**{m}**' for m in tuned)} was chosen on validation data (next section){others}."
+
+
 def _graphs_note(metrics):
     """Whether the decoder trained as replayed CUDA graphs (train_metrics.json's cuda_graphs), and what that cost."""
     graphed = [run["cuda_graphs"] for runs in metrics.values() for run in runs if run.get("cuda_graphs")]
@@ -468,6 +665,8 @@ def main(argv=None):
     parser.add_argument("--metrics", nargs="*", default=[], help="train_metrics.json of every trained run")
     parser.add_argument("--manifest", required=True)
     parser.add_argument("--benchmarks", nargs="*", default=[], help="Snakemake benchmark files")
+    parser.add_argument("--selections", nargs="*", default=[],
+                        help="each tuned variant's learning-rate selection (JSON); none: the rates were not tuned")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     comparison = read_json(args.comparison)
@@ -477,4 +676,4 @@ def main(argv=None):
     for m in map(read_json, args.metrics):
         metrics[m["method"]].append(m)
     build_report(json.loads(args.config), comparison, dict(metrics), read_json(args.manifest), args.benchmarks,
-                 args.out)
+                 args.out, [read_json(path) for path in args.selections])

@@ -31,7 +31,7 @@ from peftbench.io import atomic_dir, read_json, read_jsonl, write_json
 from peftbench.methods import find_kind
 from peftbench.errors import UserError
 from peftbench.model import load_tokenizer, model_path, to_device
-from peftbench.variants import Variant, check_with_peft, learned_training
+from peftbench.variants import Variant, at_rate, check_with_peft, learned_training, learning_rate_keys
 from peftbench.trainable import TokenRows, build_trainable, causal_lm, checkpointed_layers, save_trained
 
 log = logging.getLogger(__name__)
@@ -195,6 +195,39 @@ def training_step(model, optimizer, scheduler, examples, trainable, max_grad_nor
     return loss_value, sum(len(ids) for ids, _ in examples)
 
 
+@torch.no_grad()
+def validation_loss(model, examples, batch_size):
+    """Mean cross-entropy over every answer token of the validation examples (nats per token), computed as
+    in training but without dropout; None when it is not finite. Packed rows of `batch_size` examples, taken
+    in length order; no CUDA graphs (they replay training's forward and backward).
+
+    Only the dropout modules are switched to eval mode, not the model: on a CPU, bitsandbytes repacks a 4-bit
+    layer's weights for inference the first time it runs in eval mode without gradients, for good, and
+    training then computes differently (a resumed run would no longer match one never interrupted)."""
+    lm = causal_lm(model)
+    device = next(lm.parameters()).device
+    cuda = device.type == "cuda"
+    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.training]
+    for module in dropouts:
+        module.eval()
+    total, answer_tokens = torch.zeros((), dtype=torch.float64), 0
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
+    try:
+        with nullcontext() if cuda else sdpa_kernel(SDPBackend.MATH):
+            for start in range(0, len(order), batch_size):
+                batch = [examples[i] for i in order[start : start + batch_size]]
+                input_ids, labels, position_ids, lengths, predicting = pack(batch, device)
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cuda):
+                    loss = answer_loss(model, input_ids, labels, position_ids, lengths, predicting)
+                total += loss.double().cpu() * len(predicting)
+                answer_tokens += len(predicting)
+    finally:
+        for module in dropouts:
+            module.train()
+    value = (total / max(answer_tokens, 1)).item()
+    return value if math.isfinite(value) else None
+
+
 def peak_memory(device):
     if device.startswith("cuda"):
         return {
@@ -237,9 +270,13 @@ def graph_metrics(lm):
 
 
 def train(variant_name, kind_name, model_dir, train_path, settings, training, out_dir, seed=0, dtype="bfloat16",
-          device="auto", checkpoint_dir=None, knobs=None):
+          device="auto", checkpoint_dir=None, knobs=None, validation_path=None, tuning=False, tuned=False):
     """Train one variant (of kind `kind_name`) with one seed. `training` is the config's training section;
-    `knobs` what changes only how the run goes (variants.run_knobs): it overrides `training`'s."""
+    `knobs` what changes only how the run goes (variants.run_knobs): it overrides `training`'s. With
+    `validation_path`, the answer loss on those examples is measured every training.eval_every steps and at
+    the end. A `tuning` run (one point of a learning-rate grid) that diverges stops and records where,
+    instead of failing: a rate too high is an answer of the sweep, not an error. `tuned`: the settings'
+    learning rates were chosen by a sweep (recorded in the metrics)."""
     from transformers import get_cosine_schedule_with_warmup
 
     method = find_kind(kind_name)
@@ -254,6 +291,9 @@ def train(variant_name, kind_name, model_dir, train_path, settings, training, ou
     if not examples:
         raise UserError(f"{train_path} holds no examples: check data.sources in the config")
     lengths = [len(ids) for ids, _ in examples]
+    validation = [encode_chat(tokenizer, row["messages"]) for row in read_jsonl(validation_path)] \
+        if validation_path else []
+    eval_every = training.get("eval_every", 0)
     model, groups = build_trainable(method, model_dir, settings, training, tokenizer, device, dtype)
     model.train()
     optimizer = method.optimizer(groups, settings, training)
@@ -266,7 +306,8 @@ def train(variant_name, kind_name, model_dir, train_path, settings, training, ou
 
     # Where a killed run left off: step, position in the data order, loss history, time spent so far.
     progress_state = {"step": 0, "epoch": 0, "batches_done": 0, "tokens_seen": 0, "train_seconds": 0.0,
-                      "history": [], "resumed_at": []}
+                      "history": [], "resumed_at": [], "validation": [], "validation_seconds": 0.0,
+                      "diverged_at_step": None}
     checkpoints, every = None, training.get("checkpoint_every", 0)
     named_trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
     if checkpoint_dir and every:
@@ -274,9 +315,10 @@ def train(variant_name, kind_name, model_dir, train_path, settings, training, ou
             kind_name, model_dir, train_path, settings, training, seed, dtype, device))
         resumed = checkpoints.resume(named_trainable, optimizer, scheduler)
         if resumed is not None:
-            progress_state = resumed
+            progress_state = {"validation": [], "validation_seconds": 0.0, "diverged_at_step": None, **resumed}
             progress_state["resumed_at"].append(progress_state["step"])
     history, tokens_seen, step = progress_state["history"], progress_state["tokens_seen"], progress_state["step"]
+    validation_history = progress_state["validation"]
 
     def save_checkpoint(epoch, batches_done):
         progress_state.update(step=step, epoch=epoch, batches_done=batches_done, tokens_seen=tokens_seen,
@@ -288,12 +330,26 @@ def train(variant_name, kind_name, model_dir, train_path, settings, training, ou
     # Earlier runs' time is read once: save_checkpoint writes the running total back into progress_state.
     earlier_seconds, start, checkpoint_seconds = progress_state["train_seconds"], time.perf_counter(), 0.0
 
-    def train_seconds_so_far():  # training alone: earlier runs' time, not the checkpoints' I/O
+    def train_seconds_so_far():  # training alone: earlier runs' time, not the checkpoints' I/O nor validation
         return earlier_seconds + time.perf_counter() - start - checkpoint_seconds
+
+    def validate():
+        nonlocal checkpoint_seconds
+        if not validation or (validation_history and validation_history[-1]["step"] == step):
+            return
+        paused = time.perf_counter()
+        loss = validation_loss(model, validation, training["batch_size"])
+        validation_history.append({"step": step, "loss": loss})
+        log.info("step %d/%d validation loss %s", step, total_steps, "not finite" if loss is None else f"{loss:.4f}")
+        seconds = time.perf_counter() - paused
+        progress_state["validation_seconds"] += seconds
+        checkpoint_seconds += seconds  # kept out of train_seconds
 
     progress = tqdm(total=total_steps, initial=step, desc=f"train {variant_name}", mininterval=2)
     try:  # closed even on error, so that the one-line error starts a line of its own in the log
         for epoch in range(progress_state["epoch"], training["epochs"]):
+            if progress_state["diverged_at_step"] is not None:
+                break
             batches = batch_order(lengths, training["batch_size"], epoch, seed)
             skip = progress_state["batches_done"] if epoch == progress_state["epoch"] else 0
             for position, batch in enumerate(batches[skip:], start=skip):
@@ -303,6 +359,11 @@ def train(variant_name, kind_name, model_dir, train_path, settings, training, ou
                 except torch.cuda.OutOfMemoryError:
                     raise UserError(f"CUDA out of memory at step {step + 1}: lower training.batch_size or "
                                     "data.max_length, or set training.gradient_checkpointing: true") from None
+                if not torch.isfinite(loss) and tuning:
+                    log.warning("loss is %s at step %d: this rate diverged; the sweep records it", loss.item(),
+                                step + 1)
+                    progress_state["diverged_at_step"] = step + 1
+                    break
                 if not torch.isfinite(loss):
                     raise UserError(f"loss is {loss.item()} at step {step + 1}: lower the learning rate "
                                     f"(variants.{variant_name}.lr) or check the data")
@@ -316,11 +377,15 @@ def train(variant_name, kind_name, model_dir, train_path, settings, training, ou
                 if step % training["log_every"] == 0:
                     log.info("step %d/%d loss %.4f tokens/s %.0f", step, total_steps, loss.item(),
                              tokens_seen / elapsed)
+                if eval_every and step % eval_every == 0:
+                    validate()
                 if checkpoints and step % every == 0 and step < total_steps:
                     paused = time.perf_counter()
                     done = position + 1 == len(batches)  # an epoch's last batch: resume at the next epoch
                     save_checkpoint(epoch + done, 0 if done else position + 1)
                     checkpoint_seconds += time.perf_counter() - paused
+        if progress_state["diverged_at_step"] is None:
+            validate()  # the final validation loss: what a sweep chooses by
     finally:
         progress.close()
     if device.startswith("cuda"):
@@ -353,6 +418,15 @@ def train(variant_name, kind_name, model_dir, train_path, settings, training, ou
         "checkpointed_layers": checkpointed_layers(training, decoder_layers),
         "recompute_elementwise": bool(training.get("recompute_elementwise")),
         "loss": history,
+        "learning_rates": {k: settings[k] for k in learning_rate_keys(method)},
+        "tuned": tuned,
+        "validation": validation_history,
+        # a diverged run has no final validation loss: its last measurement was before it diverged
+        "validation_loss": validation_history[-1]["loss"]
+        if validation_history and progress_state["diverged_at_step"] is None else None,
+        "validation_examples": len(validation),
+        "validation_seconds": progress_state["validation_seconds"],
+        "diverged_at_step": progress_state["diverged_at_step"],
     }
     with atomic_dir(out_dir) as tmp:
         save_trained(model, method, settings, tmp, dtype)
@@ -377,10 +451,19 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="the training seed (initialization, batch order)")
     parser.add_argument("--dtype", default="bfloat16", help="the model's dtype on a GPU (a CPU trains in float32)")
     parser.add_argument("--device", default="auto", help="cuda, cpu, or auto")
+    parser.add_argument("--validation", default=None, help="validation.jsonl from prepare_data: its answer loss is "
+                                                           "measured every training.eval_every steps and at the end")
+    parser.add_argument("--tuning", action="store_true",
+                        help="a point of a learning-rate sweep: a diverging run stops and records it, not an error")
+    parser.add_argument("--rate-from", default=None,
+                        help="a sweep's selection.json (peftbench select-rate): train at its chosen learning rate")
     parser.add_argument("--checkpoints", default=None,
                         help="folder for resumable checkpoints (keep it outside Snakemake's outputs)")
     args = parser.parse_args(argv)
-    metrics = train(args.variant, args.kind, args.model_dir, args.train, json.loads(args.settings),
-                    json.loads(args.training), args.out, args.seed, args.dtype, args.device, args.checkpoints,
-                    json.loads(args.knobs))
+    settings = json.loads(args.settings)
+    if args.rate_from:
+        settings = at_rate(find_kind(args.kind), settings, read_json(args.rate_from)["chosen_lr"])
+    metrics = train(args.variant, args.kind, args.model_dir, args.train, settings, json.loads(args.training),
+                    args.out, args.seed, args.dtype, args.device, args.checkpoints, json.loads(args.knobs),
+                    args.validation, args.tuning, tuned=bool(args.rate_from))
     print(json.dumps({k: v for k, v in metrics.items() if k != "loss"}))

@@ -33,7 +33,7 @@ KNOBS = {
 }
 # The training section's keys that only change how a run goes (speed, memory, logging, checkpoint
 # frequency), not what it learns: like the knobs, they are not tracked.
-TRAINING_RUN_KEYS = ("gradient_checkpointing", "compile", "cuda_graphs", "log_every", "checkpoint_every")
+TRAINING_RUN_KEYS = ("gradient_checkpointing", "compile", "cuda_graphs", "log_every", "checkpoint_every", "eval_every")
 OLD_STYLE = ("config error: `methods` and `method_settings` are replaced by `compare` (the variants to run, in "
              "order) and `variants` (each a kind and its settings, e.g. lora: {kind: lora, lr: 2.0e-4}); LoRA's "
              "alpha and dropout are now lora_alpha and lora_dropout, and training.checkpoint_layers / "
@@ -123,6 +123,19 @@ def differing_settings(variant: Variant) -> dict:
     """The settings in which a variant differs from its kind's defaults (what its report row names)."""
     defaults = find_kind(variant.kind).DEFAULTS
     return {k: v for k, v in variant.settings.items() if k not in defaults or defaults[k] != v}
+
+
+def learning_rate_keys(kind) -> tuple:
+    """A trained kind's settings that are learning rates, its main one (`lr`) first."""
+    return tuple(getattr(kind, "LEARNING_RATES", ("lr",)))
+
+
+def at_rate(kind, settings: dict, lr: float) -> dict:
+    """The settings with the main learning rate set to `lr` and any other rate of the kind scaled by the same
+    factor (the hybrid's GaLore rate keeps its ratio to the LoRA rate)."""
+    keys = learning_rate_keys(kind)
+    factor = lr / settings[keys[0]]
+    return {**settings, keys[0]: lr, **{k: settings[k] * factor for k in keys[1:]}}
 
 
 def learned_training(training: dict) -> dict:

@@ -7,12 +7,15 @@ from peftbench.config import validate_config
 from peftbench.inputs import builtin_data_version, data_files, embedded_model_version, model_files
 from peftbench.methods import find_kind
 from peftbench.errors import UserError
-from peftbench.variants import check_with_peft, learned_training, resolve, run_knobs
+from peftbench.tuning import grids, rate_label
+from peftbench.variants import at_rate, check_with_peft, learned_training, learning_rate_keys, resolve, run_knobs
 
 # Validate before anything runs: a bad key stops the workflow with one line that names it.
 try:
     validate_config(config)
     VARIANTS = resolve(config)
+    # {variant: its learning-rate grid} when the config tunes (peftbench/tuning.py); {} when it does not
+    TUNING = grids(config, VARIANTS)
 except UserError as error:
     raise WorkflowError(f"peftbench: {error}")
 
@@ -37,9 +40,13 @@ REPORT = f"{OUT}/report.md"
 shell.prefix(f'set -euo pipefail; export PATH="{os.path.dirname(sys.executable)}:$PATH"; ')
 
 
+FIRST_SEED = SEEDS[0]  # a sweep trains with it, and its run at the chosen rate is that seed's final run
+
+
 wildcard_constraints:
     variant="|".join(map(re.escape, TRAINED)) or "(?!)",
     seed=r"\d+",
+    rate=r"[0-9.e+-]+",
     run="|".join(map(re.escape, RUNS)),
 
 
@@ -70,6 +77,23 @@ def variant_knobs(wildcards, output):
     return as_json(run_knobs(VARIANTS[wildcards.variant], config["training"]))
 
 
+def sweep_runs(variant):
+    """A tuned variant's sweep: one trained folder per rate of its grid."""
+    return [f"{OUT}/tuning/{variant}/lr{rate_label(rate)}/trained" for rate in TUNING[variant]]
+
+
+def selection(variant):
+    """A tuned variant's chosen rate (peftbench select-rate)."""
+    return f"{OUT}/tuning/{variant}/selection.json"
+
+
+SELECTIONS = [selection(variant) for variant in TUNING]
+
+
+def main_rate(variant):
+    return variant.settings[learning_rate_keys(find_kind(variant.kind))[0]]
+
+
 def trained_dir(wildcards):
     """The train step's output for a trained run (`lora/seed0`); nothing for an untrained variant."""
     if run_variant(wildcards).name in TRAINED:
@@ -79,7 +103,8 @@ def trained_dir(wildcards):
 
 def step_benchmarks(wildcards):
     """Snakemake's benchmark files of the finished steps, for the report's wall-time table."""
-    steps = ["prepare_model", "prepare_data"]
+    steps = ["prepare_model", "prepare_data", "prepare_test"]
+    steps += [f"tuning/{v}/lr{rate_label(rate)}/train" for v, rates in TUNING.items() for rate in rates]
     steps += [f"{r}/{s}" for r in RUNS for s in ("train", "generate", "score")]  # base has no train.tsv
     steps += ["compare"]
     return [f"{OUT}/benchmarks/{s}.tsv" for s in steps if os.path.exists(f"{OUT}/benchmarks/{s}.tsv")]

@@ -1,7 +1,7 @@
 rule generate:
     input:
         model=rules.prepare_model.output[0],
-        test=rules.prepare_data.output.test,
+        test=rules.prepare_test.output[0],
         trained=trained_dir,
     output:
         f"{OUT}/{{run}}/generations.jsonl",

@@ -4,12 +4,15 @@ rule report:
         comparison=rules.compare.output[0],
         trained=expand(rules.train.output[0], variant=TRAINED, seed=SEEDS),
         manifest=rules.prepare_data.output.manifest,
+        selections=SELECTIONS,
     output:
         report=REPORT,
         page=report(f"{OUT}/report.html", caption="../report/report.rst", category="Report"),
         loss_plot=report(f"{OUT}/loss.png", caption="../report/loss.rst", category="Plots"),
         cost_plot=report(f"{OUT}/cost.png", caption="../report/cost.rst", category="Plots"),
         scores_plot=report(f"{OUT}/scores.png", caption="../report/scores.rst", category="Plots"),
+        **({"tuning_plot": report(f"{OUT}/tuning.png", caption="../report/tuning.rst", category="Plots")}
+           if TUNING else {}),
     params:
         config=as_json(config),
         metrics=lambda wildcards, input: [f"{d}/train_metrics.json" for d in input.trained],
@@ -26,4 +29,5 @@ rule report:
     shell:
         "peftbench report --config {params.config:q} --scores {input.scores} --comparison {input.comparison}"
         " --metrics {params.metrics} --manifest {input.manifest} --benchmarks {params.benchmarks}"
+        " --selections {input.selections}"
         " --out {output.report} --log {log}"

@@ -8,6 +8,8 @@ A kind declares what it changes in the base model, and trainable.py does the res
   TRAINS                         False for the untrained baseline
   DEFAULTS                       every setting with its default (a variant gives only what differs)
   SETTINGS                       JSON-schema properties of those settings, checked when the config loads
+  LEARNING_RATES                 (optional) its settings that are learning rates, the main one (`lr`) first:
+                                 a sweep scales them together (default: ("lr",))
   PEFT_KEYWORDS                  (optional) True: settings it does not name go to its peft config class
   quantization(settings)         a BitsAndBytesConfig for the frozen base weights, or None
   peft_config(settings)          the peft config of its adapters, or None

@@ -14,6 +14,8 @@ MEMORY = ("the MLP (70-90 % of the decoder's weights) is 4-bit as in QLoRA; the 
 TRAINS = True
 MLP = ["gate_proj", "up_proj", "down_proj"]
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
+# A learning-rate sweep scales both rates by one factor, keeping their ratio (tuning.py).
+LEARNING_RATES = ("lr", "galore_lr")
 DEFAULTS = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "lr": 2.0e-4,
             "rank": 128, "update_proj_gap": 200, "scale": 0.25, "galore_lr": 1.0e-5}
 SETTINGS = {
