@@ -50,7 +50,9 @@ def test_a_kind_with_two_rates_scales_both():
 @pytest.mark.parametrize("change, message", [
     ({"tuning": {"grids": {"base": [1e-3]}}}, "config error at tuning.grids.base: not a trained variant"),
     ({"tuning": {"multiples": [0.5, 1]}, "no_validation": True}, "learning rates are chosen on validation data"),
-    ({"tuning": {"multiples": [-1]}}, "config error at tuning"),
+    ({"tuning": {"multiples": [-1]}}, r"config error at tuning.multiples.0: -1 is less than or equal to"),
+    ({"tuning": {"multiple": [1, 2]}}, r"config error at tuning: unknown key \('multiple' was unexpected\)"),
+    ({"tuning": "on"}, r"config error at tuning: give off, or \{multiples"),
 ])
 def test_bad_tuning_configs_name_the_fix(demo_config, change, message):
     config = with_validation(demo_config, n=0 if change.pop("no_validation", False) else 4)

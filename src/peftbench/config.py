@@ -26,8 +26,13 @@ def validate_config(config: dict) -> dict:
         message = error.message
         if error.validator == "additionalProperties":
             message = message.replace("Additional properties are not allowed", "unknown key")
-        elif error.validator == "oneOf" and error.absolute_path and error.absolute_path[0] == "tuning":
+        elif error.validator == "oneOf" and list(error.absolute_path) == ["tuning"]:
             message = "give off, or {multiples: [...], grids: {variant: [rates]}}"
+            if isinstance(config["tuning"], dict):  # the object it meant to be: name what is wrong in it
+                inner = min(error.context, key=lambda e: (e.validator == "enum", len(e.absolute_path)))
+                where = ".".join(map(str, inner.absolute_path))
+                message = inner.message.replace("Additional properties are not allowed", "unknown key")
+                raise UserError(f"config error at {where}: {message} (see {SCHEMA_PATH.name})")
         elif error.validator == "oneOf":
             message = "give exactly one of hub, builtin or files"
         raise UserError(f"config error at {_key_path(error)}: {message} (see {SCHEMA_PATH.name})")

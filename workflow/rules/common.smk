@@ -90,6 +90,12 @@ def selection(variant):
 SELECTIONS = [selection(variant) for variant in TUNING]
 
 
+def settings_at_rate(wildcards):
+    """A sweep run's settings: its variant's, at the rate of its folder (a second rate of the kind scaled too)."""
+    variant = VARIANTS[wildcards.variant]
+    return as_json(at_rate(find_kind(variant.kind), variant.settings, float(wildcards.rate)))
+
+
 def main_rate(variant):
     return variant.settings[learning_rate_keys(find_kind(variant.kind))[0]]
 

@@ -13,9 +13,7 @@ rule tune:
     params:
         kind=lambda wildcards: VARIANTS[wildcards.variant].kind,
         # the variant's settings at this rate: a grid's new rate is a new job, its old ones stay done
-        settings=lambda wildcards: as_json(
-            at_rate(find_kind(VARIANTS[wildcards.variant].kind), VARIANTS[wildcards.variant].settings, float(wildcards.rate))
-        ),
+        settings=settings_at_rate,
         training=as_json(learned_training(config["training"])),
         knobs=variant_knobs,
         dtype=config["model"]["dtype"],
