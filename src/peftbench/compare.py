@@ -130,9 +130,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", nargs="+", required=True, help="example_scores.json of every run")
     parser.add_argument("--samples", type=int, default=1000, help="bootstrap resamples")
-    parser.add_argument("--confidence", type=float, default=0.95)
+    parser.add_argument("--confidence", type=float, default=0.95, help="the intervals' confidence level")
     parser.add_argument("--seed", type=int, default=0, help="seed of the resampling")
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", required=True, help="comparison.json to write")
     args = parser.parse_args(argv)
     if args.samples < 100 or not 0 < args.confidence < 1:
         raise UserError("bootstrap.samples must be at least 100 and bootstrap.confidence between 0 and 1")

@@ -57,7 +57,7 @@ def main(argv=None):
     import argparse
 
     parser = argparse.ArgumentParser(description="check config files (later ones overlay earlier ones)")
-    parser.add_argument("configs", nargs="+")
+    parser.add_argument("configs", nargs="+", help="config.yaml, then any overlays")
     args = parser.parse_args(argv)
     load_config(*args.configs)
     print("config OK")

@@ -306,10 +306,10 @@ def write_demo_source(source: str, out_dir: str | Path, n_rows: int, seed: int =
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Write a builtin offline demo dataset made from Python's docs.")
-    parser.add_argument("--source", required=True, choices=SOURCES)
-    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--source", required=True, choices=SOURCES, help="which hub dataset's schema to write")
+    parser.add_argument("--out-dir", required=True, help="folder for the split files")
     parser.add_argument("--rows", type=int, required=True, help="rows in the training split")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="which documented names are drawn")
     args = parser.parse_args(argv)
     for split, path in write_demo_source(args.source, args.out_dir, args.rows, args.seed).items():
         print(f"{split}: {path}")

@@ -378,8 +378,8 @@ def main(argv=None):
     parser.add_argument("--settings", default="{}", help="the variant's settings, as JSON")
     parser.add_argument("--generation", required=True, help="the config's generation section, as JSON")
     parser.add_argument("--out", required=True, help="generations.jsonl to write")
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="bfloat16", help="the model's dtype on a GPU (a CPU decodes in float32)")
+    parser.add_argument("--device", default="auto", help="cuda, cpu, or auto")
     args = parser.parse_args(argv)
     generate(args.kind, args.model_dir, args.trained, args.test, json.loads(args.settings),
              json.loads(args.generation), args.out, args.dtype, args.device)

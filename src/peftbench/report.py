@@ -663,11 +663,11 @@ def main(argv=None):
     parser.add_argument("--comparison", required=True, help="comparison.json from `peftbench compare`")
     parser.add_argument("--scores", nargs="+", required=True, help="scores.json of every run")
     parser.add_argument("--metrics", nargs="*", default=[], help="train_metrics.json of every trained run")
-    parser.add_argument("--manifest", required=True)
+    parser.add_argument("--manifest", required=True, help="data/manifest.json from prepare_data")
     parser.add_argument("--benchmarks", nargs="*", default=[], help="Snakemake benchmark files")
     parser.add_argument("--selections", nargs="*", default=[],
                         help="each tuned variant's learning-rate selection (JSON); none: the rates were not tuned")
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", required=True, help="report.md to write (report.html and the plots beside it)")
     args = parser.parse_args(argv)
     comparison = read_json(args.comparison)
     any_scores = read_json(args.scores[0])
