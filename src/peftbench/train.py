@@ -328,13 +328,14 @@ def train(variant_name, kind_name, model_dir, train_path, settings, training, ou
     if device.startswith("cuda"):
         graphs.reset_peak_memory_stats()
     # Earlier runs' time is read once: save_checkpoint writes the running total back into progress_state.
-    earlier_seconds, start, checkpoint_seconds = progress_state["train_seconds"], time.perf_counter(), 0.0
+    # paused_seconds: time this run spent not training (writing checkpoints, measuring validation loss).
+    earlier_seconds, start, paused_seconds = progress_state["train_seconds"], time.perf_counter(), 0.0
 
     def train_seconds_so_far():  # training alone: earlier runs' time, not the checkpoints' I/O nor validation
-        return earlier_seconds + time.perf_counter() - start - checkpoint_seconds
+        return earlier_seconds + time.perf_counter() - start - paused_seconds
 
     def validate():
-        nonlocal checkpoint_seconds
+        nonlocal paused_seconds
         if not validation or (validation_history and validation_history[-1]["step"] == step):
             return
         paused = time.perf_counter()
@@ -343,7 +344,7 @@ def train(variant_name, kind_name, model_dir, train_path, settings, training, ou
         log.info("step %d/%d validation loss %s", step, total_steps, "not finite" if loss is None else f"{loss:.4f}")
         seconds = time.perf_counter() - paused
         progress_state["validation_seconds"] += seconds
-        checkpoint_seconds += seconds  # kept out of train_seconds
+        paused_seconds += seconds
 
     progress = tqdm(total=total_steps, initial=step, desc=f"train {variant_name}", mininterval=2)
     try:  # closed even on error, so that the one-line error starts a line of its own in the log
@@ -383,7 +384,7 @@ def train(variant_name, kind_name, model_dir, train_path, settings, training, ou
                     paused = time.perf_counter()
                     done = position + 1 == len(batches)  # an epoch's last batch: resume at the next epoch
                     save_checkpoint(epoch + done, 0 if done else position + 1)
-                    checkpoint_seconds += time.perf_counter() - paused
+                    paused_seconds += time.perf_counter() - paused
         if progress_state["diverged_at_step"] is None:
             validate()  # the final validation loss: what a sweep chooses by
     finally:
