@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 from peftbench.chat import encode_chat, split_prompt_reference
-from peftbench.io import read_json, write_json, write_jsonl
+from peftbench.io import jsonl_sha256, read_json, write_json, write_jsonl
 from peftbench.errors import UserError
 from peftbench.model import load_tokenizer
 
@@ -269,11 +269,6 @@ def _drawn_test(source, seed, tokenizer, max_length, downloads):
     return test, test_split, visited, dropped, lengths
 
 
-def _jsonl_sha256(rows):
-    """sha256 of rows as write_jsonl writes them."""
-    return hashlib.sha256("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()).hexdigest()
-
-
 def prepare_data(data_cfg: dict, model_dir, out_dir, seed=0, splits=SPLITS) -> dict:
     """Write out_dir/<split>.jsonl for each of `splits` (train, validation, test); with train, also
     manifest.json, which is returned. The workflow writes test.jsonl in a step of its own, after learning
@@ -351,11 +346,11 @@ def prepare_data(data_cfg: dict, model_dir, out_dir, seed=0, splits=SPLITS) -> d
     manifest_path = out_dir / "manifest.json"
     if "train" in splits:
         (out_dir / "test.jsonl").unlink(missing_ok=True)  # drawn from the data that is being replaced
-        manifest["test_sha256"] = _jsonl_sha256(rows["test"])
+        manifest["test_sha256"] = jsonl_sha256(rows["test"])
         manifest["files"] = {}
     elif "test" in splits and manifest_path.exists():
         recorded = read_json(manifest_path).get("test_sha256")
-        if recorded and recorded != _jsonl_sha256(rows["test"]):
+        if recorded and recorded != jsonl_sha256(rows["test"]):
             raise UserError(f"the test draw differs from the one {manifest_path} recorded (the data changed since "
                             "prepare_data ran): rerun prepare_data")
     for split in splits:

@@ -1,4 +1,5 @@
 """Atomic file writing: every artifact appears whole or not at all."""
+import hashlib
 import json
 import os
 import shutil
@@ -51,11 +52,23 @@ def read_json(path):
     return json.loads(Path(path).read_text())
 
 
+def _jsonl_line(row):
+    return json.dumps(row, ensure_ascii=False) + "\n"
+
+
 def write_jsonl(path, rows):
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
             for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                f.write(_jsonl_line(row))
+
+
+def jsonl_sha256(rows):
+    """sha256 of the file write_jsonl(path, rows) writes, without writing it."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(_jsonl_line(row).encode())
+    return digest.hexdigest()
 
 
 def read_jsonl(path):

@@ -20,7 +20,7 @@ import pandas as pd
 
 from peftbench.io import atomic_path, read_json
 from peftbench.methods import METHODS
-from peftbench.variants import differing_settings, resolve
+from peftbench.variants import differing_settings, learning_rate_keys, resolve
 
 LIBRARIES = ["torch", "transformers", "peft", "bitsandbytes", "galore-torch", "sacrebleu", "rouge-score", "snakemake"]
 
@@ -64,7 +64,8 @@ def _score(entry):
 
 
 def _configured_lr(variant):
-    rates = [f"{variant.settings[k]:g}" for k in ("lr", "galore_lr") if k in variant.settings]
+    kind = METHODS[variant.kind]
+    rates = [f"{variant.settings[k]:g}" for k in learning_rate_keys(kind)] if kind.TRAINS else []
     return " / ".join(rates) or "—"
 
 

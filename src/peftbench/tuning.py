@@ -94,8 +94,10 @@ def adopt(selection_path, out_dir):
             # not Snakemake's .snakemake_timestamp: touching a linked one would make the sweep's run newer
             if path.name == METRICS or path.name.startswith("."):
                 continue
-            copy = shutil.copytree if path.is_dir() else _link_or_copy
-            copy(path, tmp / path.name, **({"copy_function": _link_or_copy} if path.is_dir() else {}))
+            if path.is_dir():
+                shutil.copytree(path, tmp / path.name, copy_function=_link_or_copy)
+            else:
+                _link_or_copy(path, tmp / path.name)
         metrics = read_json(chosen / METRICS)
         write_json(tmp / METRICS, {**metrics, "tuned": True, "reused_from_sweep": str(chosen)})
     return selection
