@@ -1,6 +1,6 @@
 # peftbench: fine-tune Gemma 3 with several PEFT methods and compare them.
 #   snakemake --cores 1                                   # the study (config.yaml), on a GPU
-#   snakemake --cores 2 --configfile configs/demo.yaml    # the offline CPU demo
+#   snakemake --cores 2 --configfile=configs/demo.yaml    # the offline CPU demo
 # The rules are thin: each calls one step of the peftbench package (src/peftbench/).
 
 configfile: "config.yaml"

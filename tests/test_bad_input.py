@@ -6,7 +6,7 @@ Where each bad input is tested:
 |---|---|---|
 | unknown config key, wrong type, unknown method | `config error at <key>: ...` before anything runs | test_config.py::test_bad_config_names_the_key_in_one_line, test_workflow.py::test_bad_config_stops_the_workflow_with_one_line |
 | a compared name without a variant, a variant without (or with an unknown) kind, an unknown setting of its kind | `config error at variants.galore: unknown setting 'r' (kind galore takes: ...)` | test_config.py::test_bad_config_names_the_key_in_one_line |
-| an old-style config (`methods`, `method_settings`) | `config error: methods and method_settings are replaced by compare ... see the README, Comparing your own variants` | test_config.py::test_an_old_style_config_names_the_migration |
+| an old-style config (`methods`, `method_settings`) | `config error: methods and method_settings are replaced by compare ... see docs/variants.md` | test_config.py::test_an_old_style_config_names_the_migration |
 | model id not found (with or without a token) | `model X not found ...: check model.id ... or set HF_TOKEN` | test_hub_model_errors_name_the_fix |
 | gated model, no token / a token without access | `model X is gated and no HF_TOKEN is set: accept its terms ... and set HF_TOKEN` | test_hub_model_errors_name_the_fix |
 | hub model or dataset not cached, offline | `... connect to the internet or unset HF_HUB_OFFLINE` | test_hub_errors.py |

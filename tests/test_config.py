@@ -66,7 +66,7 @@ def test_an_old_style_config_names_the_migration(study_config, old):
     with pytest.raises(UserError) as error:
         validate_config(study_config)
     assert str(error.value).startswith("config error: `methods` and `method_settings` are replaced by `compare`")
-    assert "README, Comparing your own variants" in str(error.value)
+    assert "docs/variants.md" in str(error.value)
 
 
 def test_a_variant_gives_only_what_differs_from_its_kind(study_config):

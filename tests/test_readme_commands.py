@@ -32,8 +32,8 @@ def readme_commands():
 def test_the_sections_hold_commands_for_both_configs():
     commands = readme_commands()
     assert len(commands) >= 6
-    assert any("--configfile configs/demo.yaml" in c and "--rerun-incomplete" in c for c in commands)
-    assert any("--configfile configs/demo.yaml" in c and "scores.json" in c for c in commands)
+    assert any("--configfile=configs/demo.yaml" in c and "--rerun-incomplete" in c for c in commands)
+    assert any("--configfile=configs/demo.yaml" in c and "scores.json" in c for c in commands)
 
 
 @pytest.fixture(scope="module")

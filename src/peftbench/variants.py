@@ -37,7 +37,7 @@ TRAINING_RUN_KEYS = ("gradient_checkpointing", "compile", "cuda_graphs", "log_ev
 OLD_STYLE = ("config error: `methods` and `method_settings` are replaced by `compare` (the variants to run, in "
              "order) and `variants` (each a kind and its settings, e.g. lora: {kind: lora, lr: 2.0e-4}); LoRA's "
              "alpha and dropout are now lora_alpha and lora_dropout, and training.checkpoint_layers / "
-             "recompute_elementwise are per variant: see the README, Comparing your own variants")
+             "recompute_elementwise are per variant: see docs/variants.md")
 
 
 def _schema(kind):
