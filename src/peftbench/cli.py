@@ -60,6 +60,16 @@ def redirect_output(log_path):
     return console
 
 
+def drop_understood_library_messages():
+    """Library messages that ask for an action that does not apply here, dropped at their source (each one a
+    filter on the logger that emits it, so every other message of that library still reaches the log)."""
+    # bitsandbytes, on a CPU with AVX512-BF16, tries to fetch a 4-bit kernel from the Hugging Face hub through the
+    # `kernels` package and, failing, asks to `pip install kernels`; it then runs its own CPU kernel, which is the
+    # one every CPU result of peftbench was measured with (and offline, the hub cannot be reached anyway).
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
+        lambda record: "kernels-community" not in record.getMessage())
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("-h", "--help"):
@@ -73,6 +83,7 @@ def main(argv=None):
     console = redirect_output(log_path) if log_path else None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         force=True)
+    drop_understood_library_messages()
     if step in GPU_STEPS:
         from peftbench.gpus import claim_gpu
 

@@ -10,8 +10,8 @@ from peftbench.methods import galore
 
 NAME = "full"
 SUMMARY = "full fine-tuning: every weight trains (embeddings, norms, projections; AdamW)"
-MEMORY = ("every weight trains: full-size gradients, float32 masters and Adam moments for all of them (on a "
-          "GPU about 14 bytes per parameter beside the bf16 weights): the most of any kind")
+MEMORY = ("every weight trains: full-size gradients, float32 masters and Adam moments for all of them "
+          "(about 14 bytes per parameter beside bf16 weights on a GPU; a CPU trains float32 weights directly)")
 TRAINS = True
 DEFAULTS = {"lr": 1.0e-5}
 SETTINGS = {"lr": {"type": "number", "exclusiveMinimum": 0, "maximum": 1}}

@@ -9,7 +9,7 @@ import math
 NAME = "galore"
 SUMMARY = "full-rank projections, gradients projected to low rank (GaLoreAdamW)"
 MEMORY = ("every projection trains full-rank: full-size weights and gradients for all of them (on a GPU in "
-          "bf16, with fp32 masters); GaLore keeps only their Adam state low-rank, so its weight memory is the largest of the adapter methods")
+          "bf16, with fp32 masters; on a CPU in float32); only their Adam state is low-rank")
 TRAINS = True
 DEFAULTS = {"rank": 128, "update_proj_gap": 200, "scale": 0.25,
             "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],

@@ -7,10 +7,9 @@ group for the attention weights, plain groups for the LoRA parameters and the tu
 from peftbench.methods import galore, lora, qlora
 
 NAME = "hybrid"
-SUMMARY = "4-bit MLP + LoRA, full-rank bf16 attention under GaLore"
+SUMMARY = "4-bit MLP + LoRA, full-rank attention under GaLore"
 MEMORY = ("the MLP (70-90 % of the decoder's weights) is 4-bit as in QLoRA; the attention projections "
-          "add full-size gradients and fp32 masters but a rank-r Adam state, so it lands just above QLoRA "
-          "and below LoRA")
+          "add full-size gradients and float32 masters but a rank-r Adam state")
 TRAINS = True
 MLP = ["gate_proj", "up_proj", "down_proj"]
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]

@@ -7,8 +7,8 @@ initialisation, and so on (peft's LoraConfig documents them all).
 import torch
 
 NAME = "lora"
-SUMMARY = "LoRA adapters on a frozen bf16 base (peft LoraConfig)"
-MEMORY = ("bf16 base weights (frozen) + small fp32 adapters and their Adam state; activations dominate")
+SUMMARY = "LoRA adapters on a frozen base (peft LoraConfig)"
+MEMORY = ("the base weights (frozen, in the model's dtype) + small float32 adapters and their Adam state")
 TRAINS = True
 DEFAULTS = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0,
             "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],

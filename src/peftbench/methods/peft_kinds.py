@@ -69,8 +69,8 @@ def kind(name):
 
     return SimpleNamespace(
         NAME=name,
-        SUMMARY=f"peft's {name} adapters (peft {name.upper()} config, as written) on a frozen bf16 base",
-        MEMORY="bf16 base weights (frozen) + the method's adapters and their Adam state; activations dominate",
+        SUMMARY=f"peft's {name} adapters (peft {name.upper()} config, as written) on a frozen base",
+        MEMORY="the base weights (frozen, in the model's dtype) + the method's adapters and their Adam state",
         TRAINS=True,
         DEFAULTS=DEFAULTS.get(name, {"target_modules": PROJECTIONS, "lr": 2.0e-4}),
         SETTINGS=SETTINGS,

@@ -8,8 +8,8 @@ from peftbench.methods import lora
 
 NAME = "qlora"
 SUMMARY = "LoRA adapters on a frozen 4-bit NF4 base (double quantization)"
-MEMORY = ("like LoRA, but the projections are stored in 4 bits (about a quarter of bf16), so it is the "
-          "smallest in weights; dequantizing on the fly costs speed")
+MEMORY = ("like LoRA, but the projections are stored in 4 bits (about a quarter of bf16); dequantizing them on "
+          "the fly costs speed")
 TRAINS = True
 DEFAULTS = lora.DEFAULTS
 SETTINGS = lora.SETTINGS
