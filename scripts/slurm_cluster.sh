@@ -4,6 +4,7 @@
 #   scripts/slurm_cluster.sh start    # install Debian's packages if missing, start what is not running
 #   scripts/slurm_cluster.sh status   # exit 0 when the cluster answers, and print SLURM_CONF
 #   scripts/slurm_cluster.sh stop     # stop exactly the daemons this script started, nothing else
+#   scripts/slurm_cluster.sh missing  # print the Debian packages start would install (none: empty line)
 #
 # Needs root on Debian or Ubuntu; no systemd: each daemon is started here and its PID recorded in
 # $STATE/started. Everything else lives in $STATE too (configs, logs, spool, the accounting database);
@@ -43,11 +44,17 @@ wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
     die "$what did not come up within ${seconds} s (logs in $STATE)"
 }
 
-install_packages() {
+missing_packages() { # the packages of PACKAGES not installed, one line
     local missing=()
     for package in "${PACKAGES[@]}"; do
         dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
     done
+    echo "${missing[*]}"
+}
+
+install_packages() {
+    local missing
+    read -r -a missing <<<"$(missing_packages)"
     [[ ${#missing[@]} -eq 0 ]] && return
     command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get: install SLURM, munge and MariaDB yourself"
     log "installing ${missing[*]}"
@@ -218,5 +225,6 @@ status() {
 
 case ${1:-} in
     start | stop | status) "$1" ;;
-    *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+    missing) missing_packages ;;
+    *) echo "usage: $0 start|stop|status|missing" >&2; exit 2 ;;
 esac

@@ -33,3 +33,11 @@ def demo_config():
     from peftbench.config import load_config
 
     return copy.deepcopy(load_config(ROOT / "config.yaml", ROOT / "configs" / "demo.yaml"))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Where the files are that tests kept for a person to look at (record_property("artifact", path))."""
+    kept = [value for reports in terminalreporter.stats.values() for report in reports
+            for name, value in getattr(report, "user_properties", ()) if name == "artifact"]
+    for path in dict.fromkeys(kept):
+        terminalreporter.write_line(f"artifact kept: {path}")

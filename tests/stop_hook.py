@@ -2,8 +2,9 @@
 of the Snakemake run it means to kill, so every Python process of that run (Snakemake and each `peftbench`
 step) imports it at startup. Without PEFTBENCH_TEST_STOP_DIR it does nothing at all.
 
-With it, once peftbench.checkpoint (resp. peftbench.generate) is imported, Checkpoints.save (resp. the
-module's write_json, which writes each generation chunk) is wrapped: right after the planned checkpoint step
+With it, once peftbench.checkpoint (resp. peftbench.generate, peftbench.forgetting) is imported,
+Checkpoints.save (resp. the module's write_json, which writes each generation chunk, or general_loss.json)
+is wrapped: right after the planned checkpoint step
 of a planned method (resp. the planned chunk of the planned run) is written, the process writes a marker
 file in PEFTBENCH_TEST_STOP_DIR naming what it reached, then stops itself with SIGSTOP. The test waits for
 the marker and SIGKILLs the process group, so the kill lands exactly there however slowly the test polls.
@@ -15,6 +16,9 @@ The plan, as JSON in the environment:
                                 folder itself (a sweep's "tuning/<method>/lr<rate>")
   PEFTBENCH_TEST_STOP_GENERATE  {"run": "base" | "<method>/seed0", "first": <n>}: stop after writing
                                 <results>/<run>/.generations.jsonl.chunks/<key>/<n:08d>.json
+  PEFTBENCH_TEST_STOP_GENERAL_LOSS  {"run": "base" | "<method>/seed0"}: stop right after writing
+                                <results>/<run>/general_loss.json (peftbench.forgetting's write_json), before
+                                the job ends: Snakemake has not seen it finish
 """
 import functools
 import importlib.abc
@@ -79,7 +83,23 @@ def _patch_generate(module):
     module.write_json = write_json_then_maybe_stop
 
 
-PATCHES = {"peftbench.checkpoint": _patch_checkpoint, "peftbench.generate": _patch_generate}
+def _patch_forgetting(module):
+    plan = json.loads(os.environ.get("PEFTBENCH_TEST_STOP_GENERAL_LOSS") or "null")
+    write_json = module.write_json
+
+    @functools.wraps(write_json)
+    def write_json_then_maybe_stop(path, *args, **kwargs):
+        result = write_json(path, *args, **kwargs)
+        written = Path(path).resolve()
+        if plan and written == _results() / plan["run"] / "general_loss.json" and written.is_file():
+            _stop("general_loss", plan["run"], path=str(written), mtime_ns=written.stat().st_mtime_ns)
+        return result
+
+    module.write_json = write_json_then_maybe_stop
+
+
+PATCHES = {"peftbench.checkpoint": _patch_checkpoint, "peftbench.generate": _patch_generate,
+           "peftbench.forgetting": _patch_forgetting}
 
 
 class _PatchAfterImport(importlib.abc.MetaPathFinder):

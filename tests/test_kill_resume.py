@@ -2,16 +2,18 @@
 
 One uninterrupted run of every method is the reference. A second run of the same config is killed with
 SIGKILL, whole process group (Snakemake and its jobs), once inside each trained method's training at a
-randomly chosen step, and once inside a generation at a randomly chosen chunk; each time it is rerun as the
+randomly chosen step, once right after a general_loss job (forgetting) has written its output but before
+the job ended, and once inside a generation at a randomly chosen chunk; each time it is rerun as the
 README says: `--unlock` (the killed Snakemake left its lock), then `--rerun-incomplete`. The kill does not
 race the job: tests/stop_hook.py, installed as sitecustomize.py in the killed runs only, wraps the jobs'
-checkpoint save (and generation chunk write), so that right after the planned step (chunk) is written the
-job leaves a marker file and stops itself with SIGSTOP; the test waits for the marker, then kills. In the end the
-generations and the scores equal the reference's exactly, and the trained weights and the loss history to
-float32 rounding (1e-5 of each tensor's largest value), not bit for bit:
-a CPU trains in float32, and some of its parallel kernels (bitsandbytes' 4-bit layers, the turn-token rows'
-gradient) round differently in the last bits from one process to the next, even between two uninterrupted
-runs (measured: 7e-12 to 1.5e-8 on weights of about 0.05). That resuming itself loses nothing, bit for bit,
+checkpoint save (and generation chunk write, and general_loss.json write), so that right after the planned
+step (chunk, file) is written the job leaves a marker file and stops itself with SIGSTOP; the test waits for
+the marker, then kills. In the end the generations and the scores equal the reference's exactly, and the
+trained weights, the loss history and the general-text losses computed from those weights to float32
+rounding (1e-5 of each tensor's largest value; of each loss), not bit for bit: a CPU trains in float32,
+and some of its parallel kernels (bitsandbytes' 4-bit layers, the turn-token rows' gradient) round
+differently in the last bits from one process to the next, even between two uninterrupted runs (measured:
+7e-12 to 1.5e-8 on weights of about 0.05). That resuming itself loses nothing, bit for bit,
 is tests/test_checkpoint.py's proof, in one process, for every method.
 A fake HF token is planted in both runs' environment, and no output, log or message may contain it.
 """
@@ -52,11 +54,13 @@ def run(method):
     return method if method == "base" else f"{method}/seed0"
 
 
-def snakemake_command(config, *args, report=False):
-    """Snakemake on every method's scores (the report adds nothing to compare, unless asked for)."""
+def snakemake_command(config, *args, report=False, targets=None):
+    """Snakemake on every method's scores and general-text loss (the report adds nothing to compare, unless
+    asked for), or on the given targets."""
     settings = yaml.safe_load(Path(config).read_text())
     results = Path(settings["output_dir"])
-    targets = [str(results / run(m) / "scores.json") for m in settings["compare"]] + [str(results / "report.md")] * report
+    targets = targets or [str(results / run(m) / name) for m in settings["compare"]
+                          for name in ("scores.json", "general_loss.json")] + [str(results / "report.md")] * report
     # targets first: --configfile and --rerun-triggers would take them as more values
     return [sys.executable, "-m", "snakemake", *targets, "--cores", "2", "--snakefile", str(ROOT / "Snakefile"),
             "--configfile", str(config), *RERUN_TRIGGERS, *args]
@@ -69,16 +73,18 @@ def environment():
     return {**os.environ, "HF_TOKEN": FAKE_TOKEN, "MKL_DYNAMIC": "FALSE", "MKL_CBWR": "COMPATIBLE"}
 
 
-def stopping_environment(hook_dir, stop_dir, results, train=None, generate=None):
+def stopping_environment(hook_dir, stop_dir, results, train=None, generate=None, general_loss=None):
     """environment() plus the stop hook (see stop_hook.py) and its plan: stop after checkpoint step
-    train[method] of each planned method, or after the chunk generate["first"] of generate["run"]."""
+    train[method] of each planned method, after the chunk generate["first"] of generate["run"], or right
+    after general_loss["run"]'s general_loss.json is written."""
     hook_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(STOP_HOOK, hook_dir / "sitecustomize.py")
     env = environment()
     env["PYTHONPATH"] = os.pathsep.join([str(hook_dir), *filter(None, [env.get("PYTHONPATH")])])
     env.update({"PEFTBENCH_TEST_STOP_DIR": str(stop_dir), "PEFTBENCH_TEST_STOP_RESULTS": str(results),
                 "PEFTBENCH_TEST_STOP_TRAIN": json.dumps(train or {}),
-                "PEFTBENCH_TEST_STOP_GENERATE": json.dumps(generate)})
+                "PEFTBENCH_TEST_STOP_GENERATE": json.dumps(generate),
+                "PEFTBENCH_TEST_STOP_GENERAL_LOSS": json.dumps(general_loss)})
     return env
 
 
@@ -104,14 +110,14 @@ def overlay(tmp_path, model_dir):
         generation={"max_new_tokens": 16, "batch_size": 1, "chunk_prompts": CHUNK_PROMPTS})
 
 
-def run_until(config, log_path, stop_dir, env, timeout=3600):
-    """Unlock, then run the whole workflow in its own process group, with env (stopping_environment's);
+def run_until(config, log_path, stop_dir, env, timeout=3600, targets=None):
+    """Unlock, then run the whole workflow (or `targets`) in its own process group, with env (stopping_environment's);
     once a job has stopped itself at its planned point and left its marker in stop_dir, SIGKILL the group
     and return the markers. The timeout only guards against a hung run: nothing here races the jobs."""
     snakemake(config, "--unlock")
     stop_dir.mkdir(parents=True)
     with open(log_path, "a") as log:
-        process = subprocess.Popen(snakemake_command(config, "--rerun-incomplete"), cwd=ROOT, env=env,
+        process = subprocess.Popen(snakemake_command(config, "--rerun-incomplete", targets=targets), cwd=ROOT, env=env,
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             deadline = time.monotonic() + timeout
@@ -159,10 +165,10 @@ def killed(tmp_path_factory, model_dir):
     chunk = rng.randint(1, PROMPTS - 2)  # how many generation chunks are saved when it is killed
     kills = []
 
-    def stop(**plan_of_this_run):
+    def stop(targets=None, **plan_of_this_run):
         stop_dir = tmp_path / f"stop-{len(kills)}"
         env = stopping_environment(tmp_path / "hook", stop_dir, results, **plan_of_this_run)
-        return run_until(config, log_path, stop_dir, env)
+        return run_until(config, log_path, stop_dir, env, targets=targets)
 
     while plan:
         for marker in stop(train=plan):
@@ -170,6 +176,17 @@ def killed(tmp_path_factory, model_dir):
             assert marker["kind"] == "train" and plan.get(method) == step, (marker, plan)
             kills.append(("train", method, step, (results / run(method) / "trained").exists()))
             del plan[method]
+    # A run whose general-text loss and generation have not started (the last one killed in training, at
+    # least), killed right after its general_loss.json is written; only that file is asked for, so that its
+    # generation is still fresh for the kill below.
+    unmeasured = [m for m in ALL_METHODS if not (results / run(m) / "general_loss.json").exists()
+                  and not (results / run(m) / "generations.jsonl").exists()
+                  and not list((results / run(m)).glob(".generations.jsonl.chunks/*/*.json"))]
+    assert unmeasured, "every general-text loss has been measured"
+    method = rng.choice(unmeasured)
+    [marker] = stop(general_loss={"run": run(method)}, targets=[str(results / run(method) / "general_loss.json")])
+    assert (marker["kind"], marker["name"]) == ("general_loss", run(method)), marker
+    kills.append(("general_loss", method, marker["mtime_ns"], False))  # unmeasured: not finished before this run
     # A run whose generation has not started: the last one killed in training, at least.
     fresh = [m for m in ALL_METHODS if not (results / run(m) / "generations.jsonl").exists()
              and not list((results / run(m)).glob(".generations.jsonl.chunks/*/*.json"))]
@@ -193,6 +210,7 @@ def test_every_kill_landed_mid_step(killed):
     _, kills, _ = killed
     assert sorted(k[1] for k in kills if k[0] == "train") == sorted(TRAINED)
     assert [k[0] for k in kills].count("generate") == 1
+    assert [k[0] for k in kills].count("general_loss") == 1
     assert not any(k[3] for k in kills), f"a kill came after its step had finished: {kills}"
 
 
@@ -220,6 +238,23 @@ def test_generations_and_scores_are_identical(method, reference, killed):
         killed_file, reference_file = (root / "results" / run(method) / name for root in (tmp_path, reference))
         assert killed_file.read_bytes() == reference_file.read_bytes()
     assert not list((tmp_path / "results" / run(method)).glob(".generations.jsonl.chunks"))
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_general_text_losses_are_identical(method, reference, killed):
+    """The same passages and token counts, and the same losses to float32 rounding: the trained weights they
+    are computed from differ in the last bits between processes (see above); the base's are bit for bit."""
+    tmp_path, kills, _ = killed
+    killed_run, reference_run = (json.loads((root / "results" / run(method) / "general_loss.json").read_text())
+                                 for root in (tmp_path, reference))
+    exact = {k: v for k, v in killed_run.items() if k not in ("nll", "loss")}
+    assert exact == {k: v for k, v in reference_run.items() if k not in ("nll", "loss")}  # passages, tokens, text
+    assert killed_run["nll"] == pytest.approx(reference_run["nll"], rel=ROUNDING, abs=0)
+    if method == "base":
+        assert killed_run == reference_run
+    killed_job = next((k for k in kills if k[:2] == ("general_loss", method)), None)
+    if killed_job:  # written, then killed before the job ended: the rerun did the job again
+        assert (tmp_path / "results" / run(method) / "general_loss.json").stat().st_mtime_ns > killed_job[2]
 
 
 def test_killed_generation_resumed_after_its_saved_chunks(killed):

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from system_installs import skip_unless_opted_in
 from test_workflow import overlay
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,21 +26,25 @@ pytestmark = pytest.mark.integration
 
 def why_no_cluster():
     if not sys.platform.startswith("linux") or os.geteuid() != 0:
-        return "needs root on Linux: scripts/slurm_cluster.sh installs SLURM and munge and starts their daemons"
-    if not (shutil.which("apt-get") or shutil.which("slurmctld")):
-        return "needs apt-get (Debian or Ubuntu) to install SLURM, or SLURM installed"
+        return "needs root on Linux: scripts/slurm_cluster.sh starts SLURM's and munge's daemons"
+    if not shutil.which("dpkg-query"):
+        return "needs Debian or Ubuntu: scripts/slurm_cluster.sh asks dpkg which SLURM packages are there"
     return None
 
 
 @pytest.fixture(scope="module")
 def slurm_env():
-    """SLURM_CONF of a running test cluster: started here unless it was up already, and then stopped."""
+    """SLURM_CONF of a running test cluster: started here unless it was up already, and then stopped.
+    SLURM, munge and MariaDB are installed first where missing, if the tests may install (system_installs)."""
     reason = why_no_cluster()
     if reason:
         pytest.skip(reason)
     env = {**os.environ, "SLURM_CONF": os.environ.get("PEFTBENCH_SLURM_DIR", "/tmp/peftbench-slurm") + "/slurm.conf"}
     already_up = subprocess.run([*CLUSTER, "status"], env=env, capture_output=True).returncode == 0
     if not already_up:
+        missing = subprocess.run([*CLUSTER, "missing"], capture_output=True, text=True, check=True).stdout.strip()
+        if missing:
+            skip_unless_opted_in(missing, "scripts/slurm_cluster.sh start, with apt-get")
         started = subprocess.run([*CLUSTER, "start"], env=env, capture_output=True, text=True, timeout=600)
         if started.returncode != 0:
             subprocess.run([*CLUSTER, "stop"], env=env, timeout=120)  # what did start
@@ -64,11 +69,13 @@ def finish(run):
 def runs(tmp_path_factory, model_dir, slurm_env):
     """The same tiny DAG run locally and through profiles/slurm, at once, into two output folders."""
     local_dir, slurm_dir = tmp_path_factory.mktemp("local"), tmp_path_factory.mktemp("slurm")
-    local = start_snakemake("--cores", "2", "--configfile", str(overlay(local_dir, model_dir, compare=METHODS, seeds=[0])))
+    # forgetting off: its jobs run in tests/test_workflow.py; here the jobs counted below
+    local = start_snakemake("--cores", "2", "--configfile",
+                            str(overlay(local_dir, model_dir, compare=METHODS, seeds=[0], forgetting="off")))
     env = {**slurm_env, "SBATCH_PARTITION": "gpu", "SBATCH_ACCOUNT": "peftbench"}  # read by the profile
     slurm = start_snakemake(
         "--workflow-profile", str(ROOT / "profiles" / "slurm"),
-        "--configfile", str(overlay(slurm_dir, model_dir, compare=METHODS, seeds=[0])),
+        "--configfile", str(overlay(slurm_dir, model_dir, compare=METHODS, seeds=[0], forgetting="off")),
         "--set-resources", "train:gpu=0", "generate:gpu=0",  # no GPU here; all other requests as profiled
         "--slurm-init-seconds-before-status-checks", "5",
         "--slurm-logdir", str(slurm_dir / "slurm_logs"), "--slurm-keep-successful-logs",

@@ -31,6 +31,7 @@ def overlay(tmp_path, model_dir, name, **changes):
         "variants": {"full": {"kind": "full", "lr": TOO_LOW}},
         "generation": {"max_new_tokens": 24, "batch_size": 8},
         "tuning": {"grids": {"full": GRID}},
+        "forgetting": "off",  # measured in tests/test_workflow.py and tests/test_forgetting.py
         **changes,
     }
     path = tmp_path / f"{name}.yaml"

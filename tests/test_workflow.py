@@ -53,6 +53,8 @@ def overlay(tmp_path, model_dir, **changes):
         "variants": VARIANTS,
         "generation": {"max_new_tokens": 8, "batch_size": 4},
         "tuning": "off",  # config.yaml's sweeps: tests/test_tuning_workflow.py
+        # config.yaml's WikiText is a download: the package's own text, a few short passages
+        "forgetting": {"text": "builtin", "passages": 6, "max_length": 48},
         **changes,
     }
     path = tmp_path / "overlay.yaml"
@@ -81,10 +83,11 @@ def test_report_has_every_method_with_scores_in_range(finished_run):
         generations = [json.loads(line) for line in (results / run / "generations.jsonl").read_text().splitlines()]
         assert {g["source"] for g in generations} == {"alpaca", "tulu", "ultrachat"}
         assert all(set(g) == {"id", "source", "prompt", "reference", "prediction"} for g in generations)
-    for plot in ("loss.png", "cost.png", "scores.png"):
+    for plot in ("loss.png", "cost.png", "scores.png", "pareto.png"):
         assert (results / plot).read_bytes().startswith(b"\x89PNG")
         assert f"]({plot})" in report
     assert "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp" in report
+    assert report.startswith("# peftbench report\n\n## Verdict\n") and "general-text loss" in report
 
 
 def test_report_has_seed_spread_intervals_and_significance(finished_run):
@@ -114,7 +117,7 @@ def test_snakemake_builds_the_html_report(finished_run):
     html = results.parent / "snakemake-report.html"
     snakemake("--configfile", str(config), "--report", str(html))
     text = html.read_text()
-    for name in ("report.html", "loss.png", "cost.png", "scores.png", "paired bootstrap"):
+    for name in ("report.html", "loss.png", "cost.png", "scores.png", "pareto.png", "paired bootstrap"):
         assert name in text, name
     page = (results / "report.html").read_text()
     assert "<table>" in page and "data:image/png;base64," in page and "<strong>" in page
@@ -132,6 +135,18 @@ def test_train_metrics_are_complete(finished_run):
         assert metrics["attention"] == "sdpa"  # a CPU; a GPU packs with FlashAttention (test_attention.py)
         assert metrics["cuda_graphs"] is None  # config.yaml's cuda_graphs: true is for a GPU (test_graphs.py)
         assert all(torch.isfinite(torch.tensor(h["loss"])) for h in metrics["loss"])
+
+
+def test_forgetting_is_measured_for_every_run_against_the_base(finished_run):
+    results, _ = finished_run
+    forgetting = json.loads((results / "comparison.json").read_text())["forgetting"]
+    assert forgetting["text"]["name"] == "builtin" and forgetting["text"]["passages"] == 6
+    assert set(forgetting["methods"]) == set(ALL_METHODS)
+    assert len(forgetting["methods"]["lora"]["per_seed"]) == len(SEEDS) and forgetting["methods"]["base"]["sd"] is None
+    assert set(forgetting["differences"]) == {f"{m} - base" for m in ALL_METHODS[1:]}
+    for run in RUNS:
+        measured = json.loads((results / run / "general_loss.json").read_text())
+        assert len(measured["nll"]) == 6 and all(t > 0 for t in measured["tokens"])
 
 
 def test_trained_adapter_loads_and_changes_the_model(finished_run, model_dir):
@@ -179,8 +194,8 @@ def changed_plan(finished_run, tmp_path, change):
 
 def test_one_variants_learning_rate_reruns_that_variant_alone(finished_run, tmp_path):
     plan = changed_plan(finished_run, tmp_path, lambda c: c["variants"]["lora-r2"].update(lr=1e-3))
-    assert plan == {"train": "2", "generate": "2", "score": "2", "compare": "1", "report": "1", "all": "1",
-                    "total": "9"}
+    assert plan == {"train": "2", "generate": "2", "general_loss": "2", "score": "2", "compare": "1", "report": "1",
+                    "all": "1", "total": "11"}
 
 
 def test_a_memory_knob_retrains_nothing(finished_run, tmp_path):

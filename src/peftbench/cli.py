@@ -21,13 +21,15 @@ STEPS = {
                                                     "validation loss"),
     "adopt-tuned": ("peftbench.tuning:adopt_main", "make the sweep's run at the chosen rate a final run"),
     "generate": ("peftbench.generate", "answer every test prompt greedily, resumable"),
+    "general-text": ("peftbench.forgetting:prepare_main", "draw the general-text passages forgetting is measured on"),
+    "general-loss": ("peftbench.forgetting:loss_main", "one model's loss on the general text (forgetting)"),
     "score": ("peftbench.score", "BLEU-4 and ROUGE-L of one run's answers"),
     "compare": ("peftbench.compare", "paired bootstrap over every run's scores"),
     "report": ("peftbench.report", "write report.md, report.html and the plots"),
     "check-config": ("peftbench.config", "validate config files against the schema"),
 }
 # Steps that run on a GPU: each claims its own free card before torch loads (see peftbench/gpus.py).
-GPU_STEPS = {"train", "generate"}
+GPU_STEPS = {"train", "generate", "general-loss"}
 
 
 def usage():

@@ -99,7 +99,24 @@ def pairs(methods, untrained=("base",)):
     return ([(m, base) for m in trained] if base else []) + list(itertools.combinations(trained, 2))
 
 
-def compare(example_paths, samples=1000, confidence=0.95, seed=0):
+def gain_kept(scores, base, full, trained, confidence):
+    """How much of full fine-tuning's gain over the base each other variant keeps, (v - base) / (full - base),
+    on every resample (the same paired resamples as the scores), with its interval."""
+    out = {}
+    for method in trained:
+        out[method] = {}
+        for metric in METRICS:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                share = (scores[method][metric] - scores[base][metric]) / (scores[full][metric] - scores[base][metric])
+            finite = share[1:][np.isfinite(share[1:])]  # a resample where full equals the base has no share
+            out[method][metric] = {"share": float(share[0]) if np.isfinite(share[0]) else None,
+                                   "ci": interval(finite, confidence) if finite.size else [None, None]}
+    return out
+
+
+def compare(example_paths, samples=1000, confidence=0.95, seed=0, full=()):
+    """full: the names of the variants that fine-tuned every weight (kind full), against which the others'
+    share of the gain over the base is measured (comparison.json's gain_kept); none: no such measure."""
     runs = load_runs(example_paths)
     sources = next(iter(runs.values()))[0]["sources"]
     subsets = {"overall": np.arange(len(sources))}
@@ -123,6 +140,11 @@ def compare(example_paths, samples=1000, confidence=0.95, seed=0):
             result["methods"][method][name] = summarize(score, confidence)
         for a, b in pairs(list(runs), untrained):
             result["differences"][f"{a} - {b}"][name] = difference(scores[a], scores[b], confidence)
+        references = [f for f in full if f in runs] if name == "overall" and untrained else []
+        for reference in references:
+            others = [m for m in runs if m not in untrained and m != reference]
+            result.setdefault("gain_kept", {})[reference] = gain_kept(scores, untrained[0], reference, others,
+                                                                      confidence)
     return result
 
 
@@ -132,11 +154,19 @@ def main(argv=None):
     parser.add_argument("--samples", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--confidence", type=float, default=0.95, help="the intervals' confidence level")
     parser.add_argument("--seed", type=int, default=0, help="seed of the resampling")
+    parser.add_argument("--full", nargs="*", default=[],
+                        help="the variants of kind full: each other variant's share of their gain is measured")
+    parser.add_argument("--general-loss", nargs="*", default=[],
+                        help="general_loss.json of every run (forgetting, peftbench.forgetting); none: not measured")
     parser.add_argument("--out", required=True, help="comparison.json to write")
     args = parser.parse_args(argv)
     if args.samples < 100 or not 0 < args.confidence < 1:
         raise UserError("bootstrap.samples must be at least 100 and bootstrap.confidence between 0 and 1")
-    result = compare(args.examples, args.samples, args.confidence, args.seed)
+    result = compare(args.examples, args.samples, args.confidence, args.seed, args.full)
+    if args.general_loss:
+        from peftbench.forgetting import compare_forgetting
+
+        result["forgetting"] = compare_forgetting(args.general_loss, args.samples, args.confidence, args.seed)
     write_json(args.out, result)
     summary = {m: {k: round(v["overall"][k]["mean"], 2) for k in METRICS} for m, v in result["methods"].items()}
     print(json.dumps(summary))

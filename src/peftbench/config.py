@@ -1,4 +1,5 @@
 """Load and validate the configuration: one-line errors that name the offending key."""
+import functools
 from pathlib import Path
 
 import jsonschema
@@ -11,6 +12,26 @@ SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 
 def _key_path(error) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "(top level)"
+
+
+# Keys that take one of several forms: what to give, when the value is none of them.
+ONE_OF = {"tuning": "give off, or {multiples: [...], grids: {variant: [rates]}}",
+          "forgetting": "give off, or {text: ..., passages: N, max_length: L}",
+          "forgetting.text": "give builtin, a local .txt or .jsonl file, or {name, hub, split, config, revision}"}
+
+
+def _one_of_message(error, config):
+    """(key, message) for a key of ONE_OF: when its value is an object (the form it meant to take), what is
+    wrong inside it, however deep; else what to give."""
+    while True:
+        where = _key_path(error)
+        value = functools.reduce(lambda v, k: v[k], error.absolute_path, config)
+        if not isinstance(value, dict) or not error.context:
+            return where, ONE_OF[where]
+        inner = min(error.context, key=lambda e: (e.validator in ("enum", "type"), len(e.absolute_path)))
+        if inner.validator != "oneOf" or _key_path(inner) not in ONE_OF:
+            return _key_path(inner), inner.message.replace("Additional properties are not allowed", "unknown key")
+        error = inner
 
 
 def validate_config(config: dict) -> dict:
@@ -26,13 +47,9 @@ def validate_config(config: dict) -> dict:
         message = error.message
         if error.validator == "additionalProperties":
             message = message.replace("Additional properties are not allowed", "unknown key")
-        elif error.validator == "oneOf" and list(error.absolute_path) == ["tuning"]:
-            message = "give off, or {multiples: [...], grids: {variant: [rates]}}"
-            if isinstance(config["tuning"], dict):  # the object it meant to be: name what is wrong in it
-                inner = min(error.context, key=lambda e: (e.validator == "enum", len(e.absolute_path)))
-                where = ".".join(map(str, inner.absolute_path))
-                message = inner.message.replace("Additional properties are not allowed", "unknown key")
-                raise UserError(f"config error at {where}: {message} (see {SCHEMA_PATH.name})")
+        elif error.validator == "oneOf" and _key_path(error) in ONE_OF:
+            where, message = _one_of_message(error, config)
+            raise UserError(f"config error at {where}: {message} (see {SCHEMA_PATH.name})")
         elif error.validator == "oneOf":
             message = "give exactly one of hub, builtin or files"
         raise UserError(f"config error at {_key_path(error)}: {message} (see {SCHEMA_PATH.name})")

@@ -113,8 +113,9 @@ def resolve_revision(source):
         commit = HfApi().dataset_info(source["hub"], revision=revision, token=hf_token()).sha
     except Exception:  # offline, unreachable, gated or unknown: load_dataset then names the cause and the fix
         return revision
-    log.warning("source %s: revision %r is a branch; resolved to %s. Pin it (data.sources[].revision) for "
-                "data that cannot change under you", source["name"], revision, commit)
+    log.warning("source %s: revision %r is a branch; resolved to %s. Pin it (its revision: in the config, "
+                "data.sources[] or forgetting.text) for data that cannot change under you", source["name"], revision,
+                commit)
     return commit
 
 
@@ -125,7 +126,9 @@ def _load_hub(source, split):
 
     name = source["hub"]
     try:
-        return datasets.load_dataset(name, revision=source.get("revision"), split=split, token=hf_token())
+        # `config`: a dataset's named configuration (forgetting's wikitext-103-raw-v1); data sources have none
+        return datasets.load_dataset(name, source.get("config"), revision=source.get("revision"), split=split,
+                                     token=hf_token())
     except Exception as error:  # datasets wraps hub errors in several types; name the fix by the cause
         text = str(error).lower()
         if "gated" in text or "401" in text or "403" in text:

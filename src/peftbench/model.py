@@ -44,7 +44,9 @@ def _convert_embedded_gguf(hf_dir: Path):
     log.info("loading tokenizer from %s (about 20 s)", gguf_path)
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
     log.info("loading and dequantizing weights (about 45 s)")
-    gguf_model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.bfloat16, **kwargs)
+    # float32: transformers' GGUF kernels compute in it (asked for bf16, it warns and casts around every product);
+    # the weights are rounded to bf16 once, when they are copied into the plain model below.
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kwargs)
     # A GGUF-loaded model refuses save_pretrained: rebuild a plain model from its config and copy the weights.
     config = AutoConfig.from_pretrained(gguf_path.parent, **kwargs)
     if hasattr(config, "quantization_config"):

@@ -1,7 +1,10 @@
-"""report: one markdown page comparing the variants: scores before/after (mean ± spread over training
-seeds), confidence intervals and significant differences (from `peftbench compare`), cost, per-source
-scores, settings, and plots of the loss curves, of memory and time, and of the scores with intervals; with
-learning-rate sweeps (`--selections`), the rates each variant's sweep tried and chose on validation data."""
+"""report: one markdown page comparing the variants. It opens with a verdict computed from the numbers (the
+best variant, the best within each memory budget, the cheapest not significantly worse, the share of full
+fine-tuning's gain kept, forgetting), then scores before/after (mean ± spread over training seeds),
+confidence intervals and significant differences (from `peftbench compare`), cost, per-source scores,
+settings, and plots of the loss curves, of memory and time, of the scores with intervals and of quality
+against cost (Pareto frontiers); with learning-rate sweeps (`--selections`), the rates each variant's sweep
+tried and chose on validation data."""
 import argparse
 import base64
 import csv
@@ -101,6 +104,8 @@ def main_table(comparison, metrics, variants):
             "training time (s)": _mean_sd([m["train_seconds"] for m in runs], 0),
             "tokens/s": _mean_sd([m["tokens_per_s"] for m in runs], 0),
             "trainable params (M)": _fmt(runs[0]["trainable_params"] / 1e6, 2) if runs else "—",
+            **({"general-text loss (nats/token)": forgetting_cell(comparison, method)}
+               if comparison.get("forgetting") else {}),
         })
     return _markdown(rows)
 
@@ -119,20 +124,28 @@ def _difference(d):
     return f"{d['diff']:+.1f} {_ci(d['ci'])}"
 
 
-def _significance(d, samples):
+def _p(d, samples):
     # No resample crossed zero: the bootstrap can only bound p by its resolution.
-    p = f"p < {1 / samples:.2g}" if d["p"] == 0 else f"p = {d['p']:.3f}"
-    return f"{'**yes**' if d['significant'] else 'no'} ({p})"
+    return f"p < {1 / samples:.2g}" if d["p"] == 0 else f"p = {d['p']:.3f}"
+
+
+def _significance(d, samples):
+    return f"{'**yes**' if d['significant'] else 'no'} ({_p(d, samples)})"
 
 
 ALL_PAIRS_UP_TO = 10  # more pairs than this: the page shows those against the base and the best only
 
 
-def best_variant(comparison):
-    """The trained variant with the highest mean BLEU-4 (ROUGE-L breaks a tie); None without one."""
+def ranked(comparison):
+    """The trained variants, best first: by mean BLEU-4, ROUGE-L breaking a tie."""
     trained = [m for m in comparison["methods"] if m not in comparison.get("untrained", [])]
     overall = {m: comparison["methods"][m]["overall"] for m in trained}
-    return max(trained, key=lambda m: (overall[m]["bleu"]["mean"], overall[m]["rouge_l"]["mean"]), default=None)
+    return sorted(trained, key=lambda m: (overall[m]["bleu"]["mean"], overall[m]["rouge_l"]["mean"]), reverse=True)
+
+
+def best_variant(comparison):
+    """The trained variant with the highest mean BLEU-4 (ROUGE-L breaks a tie); None without one."""
+    return next(iter(ranked(comparison)), None)
 
 
 def shown_differences(comparison):
@@ -165,6 +178,249 @@ def per_source_table(comparison):
                 row[f"{source} {label}"] = f"{_fmt(entry['mean'])} {_ci(entry['ci'])}"
         rows.append(row)
     return _markdown(rows)
+
+
+METRIC_LABELS = {"bleu": "BLEU-4", "rouge_l": "ROUGE-L"}
+# Common accelerator memory sizes (GB): the budgets a reader is likely to hold.
+GPU_BUDGETS_GB = (8, 12, 16, 24, 32, 40, 48, 80, 96, 141)
+
+
+def pair_difference(comparison, a, b, metric, subset="overall"):
+    """a minus b on `metric`, from comparison.json's differences, whichever order it stored the pair in."""
+    differences = comparison["differences"]
+    if f"{a} - {b}" in differences:
+        return differences[f"{a} - {b}"][subset][metric]
+    d = differences[f"{b} - {a}"][subset][metric]
+    return {**d, "diff": _negated(d["diff"]), "ci": [_negated(d["ci"][1]), _negated(d["ci"][0])]}
+
+
+def _negated(x):
+    return 0.0 - x  # not -x: a zero stays +0.0 and prints as '+0.0', not '-0.0'
+
+
+def _level(comparison):
+    return f"{100 * comparison['bootstrap']['confidence']:g} % CI"
+
+
+def _claim(d, label, comparison):
+    """'+1.2 BLEU-4 [-0.3, 2.6] (95 % CI), not significant (p = 0.410)'."""
+    significance = "significant" if d["significant"] else "not significant"
+    return (f"{d['diff']:+.1f} {label} {_ci(d['ci'])} ({_level(comparison)}), {significance} "
+            f"({_p(d, comparison['bootstrap']['samples'])})")
+
+
+def mean_costs(metrics):
+    """{variant: (mean peak memory GB, mean training seconds)} over its seeds."""
+    return {m: (statistics.fmean(r["peak_memory_gb"] for r in runs), statistics.fmean(r["train_seconds"] for r in runs))
+            for m, runs in metrics.items() if runs}
+
+
+def memory_kind(metrics):
+    kinds = {r.get("memory_kind", "n/a") for runs in metrics.values() for r in runs}
+    return ", ".join(sorted(kinds)) or "n/a"
+
+
+def memory_on_gpu(metrics):
+    """Whether every peak is a GPU's (train.py: 'CUDA max allocated'; on a CPU, 'CPU peak RSS')."""
+    kinds = {r.get("memory_kind", "") for runs in metrics.values() for r in runs}
+    return bool(kinds) and all(k.startswith("CUDA") for k in kinds)
+
+
+def _best_lines(comparison, order):
+    best, level = order[0], _level(comparison)
+    entry = comparison["methods"][best]["overall"]
+    lines = [f"- **Best overall: {best}**, BLEU-4 {_fmt(entry['bleu']['mean'])} {_ci(entry['bleu']['ci'])} and "
+             f"ROUGE-L {_fmt(entry['rouge_l']['mean'])} {_ci(entry['rouge_l']['ci'])} ({level})."]
+    if len(order) > 1:
+        second = order[1]
+        lead = [_claim(pair_difference(comparison, best, second, metric), label, comparison)
+                for metric, label in METRIC_LABELS.items()]
+        ahead = pair_difference(comparison, best, second, "bleu")["significant"]
+        lines[0] += (f" By BLEU-4 it is {'significantly' if ahead else 'not significantly'} ahead of the second, "
+                     f"**{second}**: the difference is {lead[0]}, and {lead[1]}.")
+    return lines
+
+
+def _memory_lines(comparison, order, costs, metrics):
+    """On a GPU: the memory budgets that change which variant is the best that fits, from the measured peaks.
+    On a CPU the peak is the process's RSS, which says little about GPU memory: the variants rank by time."""
+    measured = [m for m in order if m in costs]  # in the ranking's order: the first that fits is the best
+    if not measured:
+        return []
+    if not memory_on_gpu(metrics):
+        by_time = sorted(measured, key=lambda m: costs[m][1])
+        return [f"- **Memory:** the peaks were measured on a CPU ({memory_kind(metrics)}, the whole process), not "
+                "on a GPU: they do not rank the methods' GPU memory, so no memory budget is derived from them. By "
+                "training time instead (mean over seeds, fastest first): "
+                + ", ".join(f"{m} {_fmt(costs[m][1], 0)} s" for m in by_time) + "."]
+    best, kept = order[0], []
+    for budget in GPU_BUDGETS_GB:
+        fits = [m for m in measured if costs[m][0] <= budget]
+        if fits and (not kept or fits[0] != kept[-1][1]):
+            kept.append((budget, fits[0]))
+    peaks = f"{memory_kind(metrics)}, mean over seeds, GB of 10^9 bytes"
+    if not kept:
+        return [f"- **Memory:** every trained variant peaked above {GPU_BUDGETS_GB[-1]} GB ({peaks})."]
+    if len(kept) == 1:
+        budget, fit = kept[0]
+        return [f"- **Memory:** the best variant, {fit}, fits within {budget} GB (peak {_fmt(costs[fit][0], 2)} GB; "
+                f"{peaks}), the smallest common GPU size that holds any variant: no budget trades quality for memory."]
+    lines = [f"- **Memory budgets** (the common GPU sizes that change which variant is the best that fits; peaks "
+             f"are {peaks}):"]
+    for budget, fit in kept:
+        line = f"  - within {budget} GB: **{fit}** (peak {_fmt(costs[fit][0], 2)} GB)"
+        if fit == best:
+            lines.append(line + ", the best overall")
+        else:
+            cost = _claim(pair_difference(comparison, fit, best, "bleu"), "BLEU-4", comparison)
+            lines.append(f"{line}: against {best}, {cost}")
+    above = [m for m in measured if costs[m][0] > GPU_BUDGETS_GB[-1]]
+    if above:
+        lines.append(f"  - above {GPU_BUDGETS_GB[-1]} GB: {', '.join(above)}")
+    return lines
+
+
+def not_worse(comparison, best, method):
+    """Whether `method` is not significantly below `best` on either metric."""
+    return all(not (d["significant"] and d["diff"] < 0)
+               for d in (pair_difference(comparison, method, best, metric) for metric in METRIC_LABELS))
+
+
+def _cheapest_lines(comparison, order, costs):
+    """The fastest variant that is not significantly worse than the best on BLEU-4 or on ROUGE-L."""
+    best = order[0]
+    if best not in costs or len(order) < 2:
+        return []
+    tied = [m for m in order if m in costs and (m == best or not_worse(comparison, best, m))]
+    cheapest = min(tied, key=lambda m: costs[m][1])
+
+    def against_best(m):
+        differences = {label: pair_difference(comparison, m, best, metric) for metric, label in METRIC_LABELS.items()}
+        return ", ".join(f"{label} {d['diff']:+.1f} {_ci(d['ci'])}" for label, d in differences.items())
+
+    others = [f"{m} {_fmt(costs[m][1], 0)} s ({against_best(m)})" for m in sorted(tied, key=lambda m: costs[m][1])
+              if m not in (best, cheapest)]
+    also = f" Also not significantly worse (against {best}): {'; '.join(others)}." if others else ""
+    if cheapest == best:
+        return [f"- **Cheapest (training time) not significantly worse than the best** on BLEU-4 or ROUGE-L: "
+                f"**{best}** itself, {_fmt(costs[best][1], 0)} s (mean over seeds).{also}"]
+    claims = [_claim(pair_difference(comparison, cheapest, best, metric), label, comparison)
+              for metric, label in METRIC_LABELS.items()]
+    return [f"- **Cheapest (training time) not significantly worse than the best** on BLEU-4 or ROUGE-L: "
+            f"**{cheapest}**, {_fmt(costs[cheapest][1], 0)} s against {best}'s {_fmt(costs[best][1], 0)} s (mean "
+            f"over seeds); against {best}: {claims[0]}, and {claims[1]}.{also}"]
+
+
+def _share(entry):
+    if entry["share"] is None:
+        return "— (full fine-tuning gained nothing)"
+    low, high = entry["ci"]
+    interval = "" if low is None else f" [{100 * low:.0f}, {100 * high:.0f}]"
+    return f"{100 * entry['share']:.0f} %{interval}"
+
+
+def _gain_kept_lines(comparison, variants):
+    """Each variant's share of full fine-tuning's gain over the base, with its interval (compare's gain_kept)."""
+    lines = []
+    for full, shares in comparison.get("gain_kept", {}).items():
+        base = comparison["untrained"][0]
+        gains = [pair_difference(comparison, full, base, metric) for metric in METRIC_LABELS]
+        gained = ", ".join(f"{_fmt(d['diff'])} {label} {_ci(d['ci'])}"
+                           for d, label in zip(gains, METRIC_LABELS.values()))
+        if not all(d["significant"] and d["diff"] > 0 for d in gains):
+            lines.append(f"- **Full fine-tuning's gain kept:** {full} did not gain significantly over {base} "
+                         f"({gained}; {_level(comparison)}), so no share of its gain is stated.")
+            continue
+        lines.append(f"- **Full fine-tuning's gain kept** ({full} gained {gained} over {base}; share = (variant − "
+                     f"{base}) / ({full} − {base}), {_level(comparison)} in %):")
+        lines += [f"  - {m}: {_share(s['bleu'])} of the BLEU-4 gain, {_share(s['rouge_l'])} of the ROUGE-L gain"
+                  for m, s in shares.items() if METHODS[variants[m].kind].TRAINS and variants[m].kind != "full"]
+    return lines
+
+
+def forgetting_change(forgetting, method, base):
+    """The change of `method`'s general-text loss against the base (positive: it forgot), either key order."""
+    differences = forgetting["differences"]
+    if f"{method} - {base}" in differences:
+        return differences[f"{method} - {base}"]
+    d = differences.get(f"{base} - {method}")
+    return d and {**d, "diff": _negated(d["diff"]), "ci": [_negated(d["ci"][1]), _negated(d["ci"][0])]}
+
+
+def _loss_change(d):
+    return f"{d['diff']:+.3f} nats/token {_ci(d['ci'], 3)}"
+
+
+def _forgetting_lines(comparison):
+    forgetting = comparison.get("forgetting")
+    untrained = comparison.get("untrained", [])
+    if not forgetting or not untrained:
+        return []
+    base, level = untrained[0], _level(comparison)
+    changes = {m: forgetting_change(forgetting, m, base) for m in ranked(comparison)}
+    changes = {m: d for m, d in changes.items() if d}
+    if not changes:
+        return []
+    forgot = [m for m, d in changes.items() if d["significant"] and d["diff"] > 0]
+    text = forgetting["text"]["name"]
+    if forgot:
+        claims = "; ".join(f"{m} {_loss_change(changes[m])}" for m in forgot)
+        return [f"- **Forgetting:** significantly higher loss than {base} on general text ({text}; {level}): "
+                f"{claims}."]
+    largest = max(changes, key=lambda m: changes[m]["diff"])
+    return [f"- **Forgetting:** no variant's loss on general text ({text}) is significantly above {base}'s; the "
+            f"largest change is {largest}'s, {_loss_change(changes[largest])} ({level})."]
+
+
+def forgetting_cell(comparison, method):
+    """The general-text loss (± seed spread) and, for a trained variant, its change against the base."""
+    forgetting, untrained = comparison["forgetting"], comparison.get("untrained", [])
+    entry = forgetting["methods"].get(method)
+    if entry is None:
+        return "—"
+    loss = _fmt(entry["loss"], 3) + (f" ± {_fmt(entry['sd'], 3)}" if entry.get("sd") is not None else "")
+    change = forgetting_change(forgetting, method, untrained[0]) if untrained and method not in untrained else None
+    if change is None:
+        return f"{loss} {_ci(entry['ci'], 3)}"
+    diff = f"{change['diff']:+.3f}"
+    return f"{loss} ({'**' + diff + '**' if change['significant'] else diff} {_ci(change['ci'], 3)})"
+
+
+def forgetting_note(comparison):
+    forgetting = comparison.get("forgetting")
+    if not forgetting:
+        return []
+    text = forgetting["text"]
+    revision = f", revision {text['revision']}" if text.get("revision") else ""
+    return [f"General-text loss: each model's plain language-model loss (nats per token, no chat template) on "
+            f"{text['passages']} passages ({text['tokens']:,} tokens) of {text['name']} ({text['origin']}{revision}), "
+            "text none of them trained on; a trained variant whose loss there rose above the base's has forgotten "
+            "some of what the base knew. A trained variant's cell holds its loss (mean over seeds ± their spread) "
+            f"and, in brackets, its change against the base with its {_level(comparison)} (bold: significant); the "
+            "base's holds its loss and its interval. The intervals come from a paired bootstrap over the passages "
+            "(the same resampled passages for every model and seed).", ""]
+
+
+def verdict_lines(comparison, metrics, variants):
+    """The report's opening: every sentence computed from comparison.json and the training metrics."""
+    order = ranked(comparison)
+    if not order:
+        return ["## Verdict", "", "No variant trained: nothing to rank.", ""]
+    costs = mean_costs(metrics)
+    return [
+        "## Verdict",
+        "",
+        f"Computed from the tables below. Variants rank by BLEU-4 (ROUGE-L breaks a tie); intervals are "
+        f"{_level(comparison)}s of a paired bootstrap over test prompts; differences are the first variant minus "
+        "the second.",
+        "",
+        *_best_lines(comparison, order),
+        *_memory_lines(comparison, order, costs, metrics),
+        *_cheapest_lines(comparison, order, costs),
+        *_gain_kept_lines(comparison, variants),
+        *_forgetting_lines(comparison),
+        "",
+    ]
 
 
 def _pyplot():
@@ -256,6 +512,50 @@ def plot_scores(comparison, path):
     _save(fig, path)
 
 
+def pareto_front(points):
+    """The names of the points no other point dominates: (cost, quality), lower cost and higher quality better."""
+    return [name for name, (cost, quality) in points.items()
+            if not any(c <= cost and q >= quality and (c, q) != (cost, quality) for c, q in points.values())]
+
+
+def plot_pareto(comparison, metrics, path):
+    """Each score against peak memory and against training time; the frontier variants (none cheaper and
+    better) joined by a step line and labelled, the others grey."""
+    plt = _pyplot()
+    costs = mean_costs(metrics)
+    trained = [m for m in ranked(comparison) if m in costs]
+    base = next(iter(comparison.get("untrained", [])), None)
+    on_gpu = memory_on_gpu(metrics)
+    memory_label = (f"peak memory, GB ({memory_kind(metrics)})" if on_gpu else
+                    f"peak memory, GB ({memory_kind(metrics)}: not GPU memory, does not rank the methods)")
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8), squeeze=False)
+    for row, (metric, label) in enumerate(METRIC_LABELS.items()):
+        for col, (key, xlabel) in enumerate((("peak_memory_gb", memory_label), ("train_seconds", "training time, s"))):
+            ax = axes[row][col]
+            cost = {m: costs[m][col] for m in trained}
+            spread = {m: np.std([r[key] for r in metrics[m]], ddof=1) if len(metrics[m]) > 1 else 0 for m in trained}
+            score = {m: comparison["methods"][m]["overall"][metric] for m in trained}
+            front = pareto_front({m: (cost[m], score[m]["mean"]) for m in trained})
+            for m in trained:
+                color = "tab:blue" if m in front else "0.6"
+                ax.errorbar(cost[m], score[m]["mean"], xerr=spread[m],
+                            yerr=[[score[m]["mean"] - score[m]["ci"][0]], [score[m]["ci"][1] - score[m]["mean"]]],
+                            fmt="o", color=color, capsize=3, zorder=3 if m in front else 2)
+                ax.annotate(m, (cost[m], score[m]["mean"]), xytext=(5, 5), textcoords="offset points",
+                            color="black" if m in front else "0.5", fontsize="small")
+            front.sort(key=lambda m: cost[m])
+            ax.plot([cost[m] for m in front], [score[m]["mean"] for m in front], drawstyle="steps-post",
+                    color="tab:blue", linewidth=1.5, label="frontier")
+            if base:
+                ax.axhline(comparison["methods"][base]["overall"][metric]["mean"], color="0.6", linestyle=":",
+                           label=f"{base} (untrained)")
+            ax.set(xlabel=xlabel, ylabel=label, title=f"{label} against {xlabel.split(',')[0]}")
+            ax.margins(x=0.12, y=0.1)  # room for the labels
+            ax.legend(fontsize="small", loc="best")
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def plot_tuning(selections, path):
     """Each sweep's final validation loss against its learning rate, the chosen rate starred; a rate that
     diverged has no loss, so it is an x at the top."""
@@ -295,8 +595,9 @@ def _step_times(benchmarks, out_dir):
         with open(path) as f:
             record = next(csv.DictReader(f, delimiter="\t"))
         step = Path(path).relative_to(Path(out_dir) / "benchmarks").with_suffix("")
+        trains = step.name == "train"  # its own peak is in Results: one memory figure per step
         rows.append({"step": str(step), "wall time (s)": _fmt(float(record["s"]), 0),
-                     "max RSS (MB)": record.get("max_rss", "—")})
+                     "max RSS (MB)": "in Results" if trains else record.get("max_rss", "—")})
     return _markdown(rows) if rows else "(no benchmark files)"
 
 
@@ -447,7 +748,38 @@ def tuning_lines(selections, metrics, variants, seeds):
               "their runs' training time, as the table above reports it).",
               "",
               "![validation loss against learning rate](tuning.png)",
+              "",
+              f"*{CAPTIONS['tuning']}*",
               ""]
+    return lines
+
+
+# Under each plot in report.md (and so report.html), as workflow/report/*.rst are under it in Snakemake's report.
+CAPTIONS = {
+    "loss": "Training loss on the answer tokens per optimizer step, for each trained variant: the line is the mean "
+            "over the training seeds, the band spans the lowest to the highest seed; dashed: validation loss.",
+    "cost": "Peak memory and training time of each trained variant: bars are means over the training seeds, error "
+            "bars one standard deviation across seeds. On a CPU, peak memory is the process's peak RSS.",
+    "scores": "BLEU-4 (sacrebleu corpus BLEU) and ROUGE-L (F1, stemmed) of each variant, mean over training seeds; "
+              "error bars are {level}s from a paired bootstrap over test prompts.",
+    "pareto": "Quality against cost: BLEU-4 (top) and ROUGE-L (bottom) against peak memory (left) and training time "
+              "(right), means over training seeds. Blue and joined by a step line: the frontier, the variants that "
+              "no other variant beats on both quality and cost; grey: the others. Vertical bars: the score's {level}; "
+              "horizontal bars: one standard deviation of the cost across seeds; dotted: the untrained base.",
+    "tuning": "Final validation loss at every learning rate of each tuned variant's grid (log scale); the star marks "
+              "the chosen rate, an x at the top a rate that diverged.",
+}
+
+
+def _plot_lines(comparison, metrics):
+    level = _level(comparison)
+    cpu = ("" if memory_on_gpu(metrics) else
+           f" The memory here is {memory_kind(metrics)}, measured on a CPU: it does not rank the methods' GPU memory.")
+    plots = (("loss", "training loss", ""), ("cost", "peak memory and training time", ""),
+             ("scores", "scores with confidence intervals", ""), ("pareto", "quality against memory and time", cpu))
+    lines = []
+    for name, alt, note in plots:
+        lines += [f"![{alt}]({name}.png)", "", f"*{CAPTIONS[name].format(level=level)}{note}*", ""]
     return lines
 
 
@@ -496,6 +828,7 @@ def build_report(config, comparison, metrics, manifest, benchmarks, out_path, se
     plot_loss(metrics, out_path.parent / "loss.png")
     plot_cost(metrics, out_path.parent / "cost.png")
     plot_scores(comparison, out_path.parent / "scores.png")
+    plot_pareto(comparison, metrics, out_path.parent / "pareto.png")
     order = list(comparison["methods"])
     selections = sorted(selections or [], key=lambda s: order.index(s["variant"]) if s["variant"] in order
                         else len(order))
@@ -520,21 +853,22 @@ def build_report(config, comparison, metrics, manifest, benchmarks, out_path, se
     lines = [
         "# peftbench report",
         "",
+        *verdict_lines(comparison, metrics, variants),
+        "## Results",
+        "",
         f"Model **{model.get('id') or model.get('path')}** ({model['source']}), {training['epochs']} epochs, "
         f"batch {training['batch_size']}, max length {config['data']['max_length']} tokens, training seeds "
         f"{seeds}. Scores are on {n_test} held-out test prompts: 'before' is the untrained base model, "
         "'after' the model each variant trained.",
         "",
-        "## Results",
-        "",
         main_table(comparison, metrics, variants),
         "",
         "Scores, memory, time and tokens/s of a trained method are the mean ± standard deviation over its "
         "training seeds. The base model is untrained and decodes greedily, so it ran once: its scores do not "
-        f"depend on a seed. Peak memory is {any_metrics.get('memory_kind', 'n/a')} during training; training "
-        "time counts the training loop only (no model loading); tokens/s counts real (non-padding) tokens."
-        + _tuned_note(metrics),
+        f"depend on a seed. {_compute_note(metrics)} Training time counts the training loop only (no model "
+        "loading); tokens/s counts real (non-padding) tokens." + _tuned_note(metrics),
         "",
+        *forgetting_note(comparison),
         *(tuning_lines(selections, metrics, variants, config["seeds"]) if selections else []),
         f"## Confidence intervals ({level}, paired bootstrap over test prompts)",
         "",
@@ -563,12 +897,7 @@ def build_report(config, comparison, metrics, manifest, benchmarks, out_path, se
         "",
         "## Plots",
         "",
-        "![training loss](loss.png)",
-        "",
-        "![peak memory and training time](cost.png)",
-        "",
-        "![scores with confidence intervals](scores.png)",
-        "",
+        *_plot_lines(comparison, metrics),
         "## Variants",
         "",
         "Each variant is a kind with settings; a line names the settings in which it differs from its kind's "
@@ -576,8 +905,8 @@ def build_report(config, comparison, metrics, manifest, benchmarks, out_path, se
         "",
         *methods_lines,
         "",
-        "**Where the memory goes:** activations (identical for every method at the same batch and length) "
-        "are most of the peak; the methods differ in weights, gradients and optimizer state:",
+        "**Where the memory goes** on a GPU: activations (identical for every method at the same batch and "
+        "length) are most of the peak; the methods differ in weights, gradients and optimizer state:",
         "",
         *[f"- **{m}** ({variants[m].kind}): {METHODS[variants[m].kind].MEMORY}" for m in comparison["methods"]
           if METHODS[variants[m].kind].TRAINS],
@@ -601,6 +930,7 @@ def build_report(config, comparison, metrics, manifest, benchmarks, out_path, se
         "",
         "## Data",
         "",
+        *_builtin_data_note(manifest),
         "| source | origin | revision | train | validation | test | dropped (by reason) | mean train tokens "
         "| near-duplicate prompts |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -625,11 +955,15 @@ def build_report(config, comparison, metrics, manifest, benchmarks, out_path, se
         "## Environment",
         "",
         f"- Hardware: {any_metrics.get('device', 'n/a')}; {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPU cores, Python {platform.python_version()}; training attention: "
+        f"{os.cpu_count()} CPU cores, Python {platform.python_version()}; training computed in "
+        f"{_compute_dtype(metrics)}; training attention: "
         f"{any_metrics.get('attention', 'n/a')}{_graphs_note(metrics)}.",
         "- Libraries: " + ", ".join(f"{k} {v}" for k, v in _library_versions().items()) + ".",
         "",
         "## Wall time of each step",
+        "",
+        "Snakemake's record of each step: its wall time, and the largest resident memory of its processes as "
+        "Snakemake sampled it (a training step's memory is the peak in Results, measured by the step itself).",
         "",
         _step_times(benchmarks, out_path.parent),
         "",
@@ -637,6 +971,43 @@ def build_report(config, comparison, metrics, manifest, benchmarks, out_path, se
     write_html("\n".join(lines), out_path.parent, out_path.with_suffix(".html"))
     with atomic_path(out_path) as tmp:
         tmp.write_text("\n".join(lines))
+
+
+def _compute_dtype(metrics):
+    """What training computed in (train_metrics.json's compute_dtype; runs before it: float32 on a CPU)."""
+    dtypes = {run.get("compute_dtype") or ("float32" if run.get("device") == "cpu" else "bfloat16")
+              for runs in metrics.values() for run in runs}
+    return ", ".join(sorted(dtypes)) or "n/a"
+
+
+def _compute_note(metrics):
+    """What the memory and time columns measured, from the runs: a CPU's peak is its process's RSS and its
+    times move with whatever else the machine runs."""
+    if not metrics:
+        return ""
+    dtype = _compute_dtype(metrics)
+    if memory_on_gpu(metrics):
+        return (f"Training computed in {dtype} (autocast) on {', '.join(sorted(_devices(_all_runs(metrics))))}; peak "
+                "memory is the GPU's maximum allocated memory during training (GB, CUDA graphs' held activations "
+                "included).")
+    return (f"Training ran on a CPU and computed in {dtype}: peak memory is the training process's peak RSS (GB, model "
+            "loading included), which does not rank the methods' GPU memory; CPU times move between runs with "
+            "whatever else the machine runs, so read a ranking by time against the seeds' spread.")
+
+
+def _all_runs(metrics):
+    return [run for runs in metrics.values() for run in runs]
+
+
+def _builtin_data_note(manifest):
+    """The demo's builtin data is easy to learn: say so wherever it was used, so its gains are read as a check
+    that the pipeline works, not as what fine-tuning does on real instructions."""
+    builtin = [name for name, s in manifest["sources"].items() if str(s.get("origin", "")).startswith("builtin:")]
+    if not builtin:
+        return []
+    return [f"**Builtin demo data** ({', '.join(builtin)}): its answers are templated from Python's documentation "
+            "and easy to learn, so the gains on it show that the pipeline works, not what fine-tuning does on real "
+            "instructions; run the comparison on your own data for that (README, Quickstart).", ""]
 
 
 def _tuned_note(metrics):

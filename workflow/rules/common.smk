@@ -4,11 +4,18 @@ import re
 import sys
 
 from peftbench.config import validate_config
-from peftbench.inputs import builtin_data_version, data_files, embedded_model_version, model_files
+from peftbench.inputs import builtin_data_version, data_files, embedded_model_version, general_text_files, model_files
 from peftbench.methods import find_kind
 from peftbench.errors import UserError
 from peftbench.tuning import grids, rate_label
 from peftbench.variants import at_rate, check_with_peft, learned_training, learning_rate_keys, resolve, run_knobs
+
+# `--configfile a.yaml results/x.json` reads the target as one more config file (the option takes every word
+# after it): one that exists would merge its keys into the config. Config files are YAML; say so in one line.
+for _path in map(str, workflow.configfiles):
+    if not _path.endswith((".yaml", ".yml")):
+        raise WorkflowError(f"peftbench: {_path} was given as a config file (--configfile takes every word after "
+                            "it): put targets before --configfile, or write --configfile=FILE before the target")
 
 # Validate before anything runs: a bad key stops the workflow with one line that names it.
 try:
@@ -38,6 +45,10 @@ RUNS = [run for name in VARIANTS for run in ([f"{name}/seed{s}" for s in SEEDS] 
 REPORT = f"{OUT}/report.md"
 # Steps run the `peftbench` command of the environment that runs Snakemake, activated or not.
 shell.prefix(f'set -euo pipefail; export PATH="{os.path.dirname(sys.executable)}:$PATH"; ')
+
+
+# forgetting (peftbench/forgetting.py): every run's loss on general text; `forgetting: off` (or absent): none
+FORGETTING = config.get("forgetting") not in (None, False, "off")
 
 
 FIRST_SEED = SEEDS[0]  # a sweep trains with it, and its run at the chosen rate is that seed's final run
@@ -109,9 +120,9 @@ def trained_dir(wildcards):
 
 def step_benchmarks(wildcards):
     """Snakemake's benchmark files of the finished steps, for the report's wall-time table."""
-    steps = ["prepare_model", "prepare_data", "prepare_test"]
+    steps = ["prepare_model", "prepare_data", "prepare_test", "prepare_general_text"]
     steps += [f"tuning/{v}/lr{rate_label(rate)}/train" for v, rates in TUNING.items() for rate in rates]
-    steps += [f"{r}/{s}" for r in RUNS for s in ("train", "generate", "score")]  # base has no train.tsv
+    steps += [f"{r}/{s}" for r in RUNS for s in ("train", "generate", "score", "general_loss")]  # base has no train.tsv
     steps += ["compare"]
     return [f"{OUT}/benchmarks/{s}.tsv" for s in steps if os.path.exists(f"{OUT}/benchmarks/{s}.tsv")]
 
@@ -124,3 +135,8 @@ def local_model_files():
 def local_data_files():
     """The local data files the sources read: editing one reruns prepare_data and everything after it."""
     return data_files(config["data"])
+
+
+def local_general_text_files():
+    """forgetting's text when it is a file (local or the builtin one): editing it redraws the passages."""
+    return general_text_files(config.get("forgetting"))

@@ -11,6 +11,7 @@ rule report:
         loss_plot=report(f"{OUT}/loss.png", caption="../report/loss.rst", category="Plots"),
         cost_plot=report(f"{OUT}/cost.png", caption="../report/cost.rst", category="Plots"),
         scores_plot=report(f"{OUT}/scores.png", caption="../report/scores.rst", category="Plots"),
+        pareto_plot=report(f"{OUT}/pareto.png", caption="../report/pareto.rst", category="Plots"),
         **({"tuning_plot": report(f"{OUT}/tuning.png", caption="../report/tuning.rst", category="Plots")}
            if TUNING else {}),
     params:

@@ -59,6 +59,10 @@ rule select_rate:
 
 
 rule adopt_tuned:
+    # only a tuned variant's first seed is adopted; any other run is the train rule's (without this, Snakemake
+    # tries this rule first for every run and prints the KeyError of a variant that has no sweep)
+    wildcard_constraints:
+        variant="|".join(map(re.escape, TUNING)) or "(?!)",
     input:
         selection=lambda wildcards: selection(wildcards.variant),
         sweep=lambda wildcards: sweep_runs(wildcards.variant),
