@@ -351,7 +351,7 @@ def _loss_change(d):
     return f"{d['diff']:+.3f} nats/token {_ci(d['ci'], 3)}"
 
 
-def _forgetting_lines(comparison):
+def _forgetting_lines(comparison, variants):
     forgetting = comparison.get("forgetting")
     untrained = comparison.get("untrained", [])
     if not forgetting or not untrained:
@@ -365,8 +365,11 @@ def _forgetting_lines(comparison):
     text = forgetting["text"]["name"]
     if forgot:
         claims = "; ".join(f"{m} {_loss_change(changes[m])}" for m in forgot)
+        quantized = [m for m in forgot if m in quantized_variants(comparison, variants)]
+        rounding = (f" {', '.join(quantized)}: on a 4-bit base, so this includes the base's rounding, not only "
+                    "fine-tuning (below the table)." if quantized else "")
         return [f"- **Forgetting:** significantly higher loss than {base} on general text ({text}; {level}): "
-                f"{claims}."]
+                f"{claims}.{rounding}"]
     largest = max(changes, key=lambda m: changes[m]["diff"])
     return [f"- **Forgetting:** no variant's loss on general text ({text}) is significantly above {base}'s; the "
             f"largest change is {largest}'s, {_loss_change(changes[largest])} ({level})."]
@@ -386,10 +389,20 @@ def forgetting_cell(comparison, method):
     return f"{loss} ({'**' + diff + '**' if change['significant'] else diff} {_ci(change['ci'], 3)})"
 
 
-def forgetting_note(comparison):
+def quantized_variants(comparison, variants):
+    """The compared variants whose kind stores the frozen base in 4 bits (a quantization config)."""
+    return [m for m in comparison["methods"] if m in variants and
+            getattr(METHODS[variants[m].kind], "quantization", lambda settings: None)(variants[m].settings) is not None]
+
+
+def forgetting_note(comparison, variants):
     forgetting = comparison.get("forgetting")
     if not forgetting:
         return []
+    quantized = quantized_variants(comparison, variants)
+    rounding = (f" {', '.join(f'**{m}**' for m in quantized)} {'is' if len(quantized) == 1 else 'are'} measured as "
+                "trained, on a base stored in 4 bits: a rise there includes what the rounding of the base's weights "
+                "costs, not only what fine-tuning changed (the unquantized base is the reference)." if quantized else "")
     text = forgetting["text"]
     revision = f", revision {text['revision']}" if text.get("revision") else ""
     return [f"General-text loss: each model's plain language-model loss (nats per token, no chat template) on "
@@ -398,7 +411,7 @@ def forgetting_note(comparison):
             "some of what the base knew. A trained variant's cell holds its loss (mean over seeds ± their spread) "
             f"and, in brackets, its change against the base with its {_level(comparison)} (bold: significant); the "
             "base's holds its loss and its interval. The intervals come from a paired bootstrap over the passages "
-            "(the same resampled passages for every model and seed).", ""]
+            "(the same resampled passages for every model and seed)." + rounding, ""]
 
 
 def verdict_lines(comparison, metrics, variants):
@@ -418,7 +431,7 @@ def verdict_lines(comparison, metrics, variants):
         *_memory_lines(comparison, order, costs, metrics),
         *_cheapest_lines(comparison, order, costs),
         *_gain_kept_lines(comparison, variants),
-        *_forgetting_lines(comparison),
+        *_forgetting_lines(comparison, variants),
         "",
     ]
 
@@ -868,7 +881,7 @@ def build_report(config, comparison, metrics, manifest, benchmarks, out_path, se
         f"depend on a seed. {_compute_note(metrics)} Training time counts the training loop only (no model "
         "loading); tokens/s counts real (non-padding) tokens." + _tuned_note(metrics),
         "",
-        *forgetting_note(comparison),
+        *forgetting_note(comparison, variants),
         *(tuning_lines(selections, metrics, variants, config["seeds"]) if selections else []),
         f"## Confidence intervals ({level}, paired bootstrap over test prompts)",
         "",
