@@ -49,6 +49,9 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from peftbench.generate import fast_greedy_ids, plain_greedy_ids  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from train_speed import burn_in  # noqa: E402  -- the same burn-in as the training benchmark
+
 MIX = [(40, 0.6), (150, 0.9), (250, 0.8)]  # (median tokens, lognormal sigma): alpaca, tulu, ultrachat
 STUDY_PROMPTS, STUDY_MODELS = 6_000, 5  # test prompts x models (base + 4 methods) the workflow generates for
 PAD = 0
@@ -151,21 +154,6 @@ def static_greedy_ids(model, prompts, max_new_tokens, batch_size, pad_id):
     return results
 
 
-def burn_in(seconds, device):
-    """Keep the GPU busy with bf16 matrix products before anything is timed (clocks, CUDA, cuBLAS)."""
-    if device.type != "cuda" or seconds <= 0:
-        return 0
-    a, start, n = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16), time.perf_counter(), 0
-    while time.perf_counter() - start < seconds:
-        for _ in range(20):
-            a = (a @ a).clamp_(-1, 1)
-        torch.cuda.synchronize()
-        n += 20
-    del a
-    torch.cuda.empty_cache()
-    return n
-
-
 def profile_decode(model, prompts, new_tokens, out, device):
     """One decode step of peftbench's decoder at len(prompts) rows: torch.profiler over eager steps (operator
     and input-shape table: attention over the cache, the output layer, the greedy pick and stop check, mask
@@ -252,7 +240,7 @@ def main(argv=None):
     # shapes off (and a higher recompile limit), its warm-up pass at batch 512 on the H200 had not finished
     # after 7 minutes (2026-12-02), apparently recompiling step after step.
     begun = time.perf_counter()
-    burned = burn_in(0 if args.tiny else args.burn_in, device)
+    burned = burn_in(0 if args.tiny else args.burn_in)  # on a GPU only (device is cuda wherever there is one)
     torch.manual_seed(args.seed)
     config = gemma3_1b_config(args.tiny)
     with torch.device(device):

@@ -27,8 +27,9 @@ from peftbench.score import bleu_from_statistics
 METRICS = ("bleu", "rouge_l")
 
 
-def load_runs(paths):
-    """{method: [example_scores of each seed, by seed]}; every run must score the same prompts in the same order."""
+def runs_by_method(paths, measured_on, other_data):
+    """{method: [each run's JSON, by seed]}; every run must have been measured on the same data as the first
+    (measured_on(run) equal), else UserError: '<method> seed <k> <other_data> <first method>: <fix>'."""
     runs = defaultdict(list)
     for path in paths:
         run = read_json(path)
@@ -37,10 +38,15 @@ def load_runs(paths):
     for method, seeds in runs.items():
         seeds.sort(key=lambda r: -1 if r["seed"] is None else r["seed"])
         for run in seeds:
-            if run["ids"] != first["ids"]:
-                raise UserError(f"{method} seed {run['seed']} was scored on other test prompts than "
-                                f"{first['method']}: rerun generate and score on the same data/test.jsonl")
+            if measured_on(run) != measured_on(first):
+                raise UserError(f"{method} seed {run['seed']} {other_data(first['method'])}")
     return dict(runs)
+
+
+def load_runs(paths):
+    """{method: [example_scores of each seed, by seed]}; every run must score the same prompts in the same order."""
+    return runs_by_method(paths, lambda run: run["ids"], lambda first: (
+        f"was scored on other test prompts than {first}: rerun generate and score on the same data/test.jsonl"))
 
 
 def resample_weights(sources, samples, rng):
@@ -80,15 +86,17 @@ def summarize(score, confidence):
     return out
 
 
+def paired_difference(diff, confidence):
+    """A difference over resamples (row 0 the actual data): its value, interval, two-sided bootstrap p, and
+    whether the interval excludes zero."""
+    resampled = diff[1:]
+    low, high = interval(resampled, confidence)
+    p = min(1.0, 2 * min(np.mean(resampled <= 0), np.mean(resampled >= 0)))
+    return {"diff": float(diff[0]), "ci": [low, high], "p": float(p), "significant": low > 0 or high < 0}
+
+
 def difference(score_a, score_b, confidence):
-    out = {}
-    for metric in METRICS:
-        diff = score_a[metric] - score_b[metric]
-        resampled = diff[1:]
-        low, high = interval(resampled, confidence)
-        p = min(1.0, 2 * min(np.mean(resampled <= 0), np.mean(resampled >= 0)))
-        out[metric] = {"diff": float(diff[0]), "ci": [low, high], "p": float(p), "significant": low > 0 or high < 0}
-    return out
+    return {metric: paired_difference(score_a[metric] - score_b[metric], confidence) for metric in METRICS}
 
 
 def pairs(methods, untrained=("base",)):

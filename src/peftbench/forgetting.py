@@ -25,7 +25,6 @@ import json
 import logging
 import re
 import statistics
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -173,19 +172,10 @@ def general_loss(kind_name, model_dir, trained_dir, passages_path, settings, max
 
 def load_losses(paths):
     """{method: [general_loss.json of each seed, by seed]}; all on the same passages of the same text."""
-    runs = defaultdict(list)
-    for path in paths:
-        run = read_json(path)
-        runs[run["method"]].append(run)
-    first = next(iter(runs.values()))[0]
-    for method, seeds in runs.items():
-        seeds.sort(key=lambda r: -1 if r["seed"] is None else r["seed"])
-        for run in seeds:
-            if (run["passages"], run["text"]["sha256"], run["tokens"]) != \
-                    (first["passages"], first["text"]["sha256"], first["tokens"]):
-                raise UserError(f"{method} seed {run['seed']} measured other general text than {first['method']}: "
-                                "rerun general_loss on the same passages.json and max_length")
-    return dict(runs)
+    from peftbench.compare import runs_by_method
+
+    return runs_by_method(paths, lambda run: (run["passages"], run["text"]["sha256"], run["tokens"]), lambda first: (
+        f"measured other general text than {first}: rerun general_loss on the same passages.json and max_length"))
 
 
 def compare_forgetting(paths, samples=1000, confidence=0.95, seed=0):
@@ -193,14 +183,13 @@ def compare_forgetting(paths, samples=1000, confidence=0.95, seed=0):
 
     Paired bootstrap over passages: each resample draws the passages with replacement, the same for every
     method and seed, and recomputes each seed's loss (resampled nll / resampled tokens) and their mean."""
-    from peftbench.compare import interval
+    from peftbench.compare import interval, paired_difference, resample_weights
 
     runs = load_losses(paths)
     first = next(iter(runs.values()))[0]
-    rng = np.random.default_rng(seed)
     n = len(first["passages"])
-    weights = np.ones((samples + 1, n))  # row 0: the passages as they are
-    weights[1:] = rng.multinomial(n, np.full(n, 1 / n), size=samples)
+    # row 0: the passages as they are; one stratum: the passages are one sample of one text
+    weights = resample_weights(["passages"] * n, samples, np.random.default_rng(seed))
     tokens = weights @ np.asarray(first["tokens"], dtype=float)
     losses, per_seed = {}, {}
     for method, seeds in runs.items():
@@ -212,11 +201,7 @@ def compare_forgetting(paths, samples=1000, confidence=0.95, seed=0):
     for method in runs:
         if base is None or method in untrained:
             continue
-        diff = losses[method] - losses[base]
-        low, high = interval(diff[1:], confidence)
-        p = min(1.0, 2 * min(np.mean(diff[1:] <= 0), np.mean(diff[1:] >= 0)))
-        differences[f"{method} - {base}"] = {"diff": float(diff[0]), "ci": [low, high], "p": float(p),
-                                             "significant": bool(low > 0 or high < 0)}
+        differences[f"{method} - {base}"] = paired_difference(losses[method] - losses[base], confidence)
     return {
         "text": {"name": first["text"]["name"], "origin": first["text"]["origin"],
                  "revision": first["text"]["revision"], "passages": n, "tokens": int(sum(first["tokens"]))},
