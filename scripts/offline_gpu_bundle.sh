@@ -27,6 +27,17 @@ python3 -m pip download -q --only-binary=:all: --python-version "$PYTHON_VERSION
 # pytest, for the tests that need a GPU (tests/test_graphs.py); all pure Python.
 python3 -m pip download -q --no-deps --only-binary=:all: -d "$OUT/wheels" pytest pluggy iniconfig pygments
 
+# WORKFLOW=1: also what the workflow's DAG needs that the GPU image lacks (benchmarks/study_gpu.sh):
+# snakemake, datasets, rouge-score, gguf and their own needs, minus what the image has.
+if [ -n "${WORKFLOW:-}" ]; then
+    rm -rf "$OUT/workflow-wheels"
+    "$PYTHON" -m pip wheel -q -w "$OUT/workflow-wheels/all" "snakemake>=9,<10" "datasets>=3,<6" nltk "gguf<1" \
+        "rouge-score>=0.1.2,<0.2"
+    "$PYTHON" scripts/workflow_wheels.py "$OUT/workflow-wheels" "$PYTHON_VERSION"
+    # one version of each package: the base bundle's copies win
+    for wheel in "$OUT"/wheels/*.whl; do rm -f "$OUT/workflow-wheels/$(basename "$wheel" | cut -d- -f1)"-*.whl; done
+fi
+
 "$PYTHON" - "$OUT" <<'EOF'
 import sys, tarfile, tempfile
 from pathlib import Path
@@ -43,9 +54,9 @@ EOF
 
 cat > "$OUT/setup.sh" <<EOF
 # Sourced from the repository root on the GPU machine: the wheels into /tmp/site, the tokenizer into /tmp/tok.
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $OUT/wheels/*.whl || return 1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $OUT/wheels/*.whl \$(ls $OUT/workflow-wheels/*.whl 2>/dev/null) || return 1
 export PYTHONPATH=/tmp/site:\$PWD/src PYTHONUNBUFFERED=1
 tar xJf $OUT/tok.tar.xz -C /tmp || return 1
 python3 -c "import torch, bitsandbytes, galore_torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else \"no GPU\")" || return 1
 EOF
-du -sh "$OUT"/wheels "$OUT"/tok.tar.xz
+du -sh "$OUT"/wheels "$OUT"/tok.tar.xz $(ls -d "$OUT"/workflow-wheels 2>/dev/null)
