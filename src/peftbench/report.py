@@ -1003,9 +1003,13 @@ def _compute_note(metrics):
         return (f"Training computed in {dtype} (autocast) on {', '.join(sorted(_devices(_all_runs(metrics))))}; peak "
                 "memory is the GPU's maximum allocated memory during training (GB, CUDA graphs' held activations "
                 "included).")
+    threads = sorted({run["cpu_threads"] for run in _all_runs(metrics) if run.get("cpu_threads")})
+    sharing = (f" Each training used {'/'.join(map(str, threads))} CPU thread{'s' * (threads != [1])} (config "
+               "`threads`); with fewer threads than Snakemake's --cores, steps ran side by side and each one's time "
+               "includes sharing the machine with the others." if threads else "")
     return (f"Training ran on a CPU and computed in {dtype}: peak memory is the training process's peak RSS (GB, model "
             "loading included), which does not rank the methods' GPU memory; CPU times move between runs with "
-            "whatever else the machine runs, so read a ranking by time against the seeds' spread.")
+            "whatever else the machine runs, so read a ranking by time against the seeds' spread." + sharing)
 
 
 def _all_runs(metrics):

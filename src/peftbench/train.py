@@ -404,6 +404,7 @@ def train(variant_name, kind_name, model_dir, train_path, settings, training, ou
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
         # what the products ran in: bf16 autocast on a GPU, float32 on a CPU (model.compute_dtype says why)
         "compute_dtype": "bfloat16" if device.startswith("cuda") else "float32",
+        "cpu_threads": torch.get_num_threads(),  # on a CPU, the compute's threads (config `threads`)
         "train_seconds": train_seconds,
         "resumed_at_steps": progress_state["resumed_at"],  # train_seconds sums the runs; memory is this run's
         **peak_memory(device),

@@ -42,12 +42,12 @@ rule general_loss:
         f"{OUT}/logs/{{run}}/general_loss.log",
     benchmark:
         f"{OUT}/benchmarks/{{run}}/general_loss.tsv"
-    threads: 4
+    threads: config["threads"]
     resources:
         gpu=1,
         mem_mb=16000,
         runtime=60,
     shell:
-        "peftbench general-loss --kind {params.kind} --model-dir {input.model} {params.trained}"
+        "OMP_NUM_THREADS={threads} peftbench general-loss --kind {params.kind} --model-dir {input.model} {params.trained}"
         " --passages {input.passages} --settings {params.settings:q} --max-length {params.max_length}"
         " --variant {params.variant} {params.seed} --dtype {params.dtype} --out {output} --log {log}"

@@ -17,12 +17,12 @@ rule generate:
         f"{OUT}/logs/{{run}}/generate.log",
     benchmark:
         f"{OUT}/benchmarks/{{run}}/generate.tsv"
-    threads: 4
+    threads: config["threads"]
     resources:
         gpu=1,
         mem_mb=16000,
         runtime=6 * 60,
     shell:
-        "peftbench generate --kind {params.kind} --model-dir {input.model} {params.trained}"
+        "OMP_NUM_THREADS={threads} peftbench generate --kind {params.kind} --model-dir {input.model} {params.trained}"
         " --test {input.test} --settings {params.settings:q} --generation {params.generation:q}"
         " --dtype {params.dtype} --out {output} --log {log}"

@@ -22,13 +22,13 @@ rule train:
         f"{OUT}/logs/{{variant}}/seed{{seed}}/train.log",
     benchmark:
         f"{OUT}/benchmarks/{{variant}}/seed{{seed}}/train.tsv"
-    threads: 4
+    threads: config["threads"]
     resources:
         gpu=1,
         mem_mb=32000,
         runtime=24 * 60,
     shell:
-        "peftbench train --variant {wildcards.variant} --kind {params.kind} --model-dir {input.model}"
+        "OMP_NUM_THREADS={threads} peftbench train --variant {wildcards.variant} --kind {params.kind} --model-dir {input.model}"
         " --train {input.train} --settings {params.settings:q} --training {params.training:q}"
         " --validation {input.validation} {params.rate} --knobs {params.knobs:q} --seed {wildcards.seed}"
         " --dtype {params.dtype} --checkpoints {params.checkpoints} --out {output} --log {log}"

@@ -25,13 +25,13 @@ rule tune:
         f"{OUT}/logs/tuning/{{variant}}/lr{{rate}}/train.log",
     benchmark:
         f"{OUT}/benchmarks/tuning/{{variant}}/lr{{rate}}/train.tsv"
-    threads: 4
+    threads: config["threads"]
     resources:
         gpu=1,
         mem_mb=32000,
         runtime=24 * 60,
     shell:
-        "peftbench train --tuning --variant {wildcards.variant} --kind {params.kind} --model-dir {input.model}"
+        "OMP_NUM_THREADS={threads} peftbench train --tuning --variant {wildcards.variant} --kind {params.kind} --model-dir {input.model}"
         " --train {input.train} --validation {input.validation} --settings {params.settings:q}"
         " --training {params.training:q} --knobs {params.knobs:q} --seed {params.seed} --dtype {params.dtype}"
         " --checkpoints {params.checkpoints} --out {output} --log {log}"
