@@ -2,11 +2,11 @@
 # The workflow's whole DAG on one GPU at the gemma-3-1b-it shape with random weights (no checkpoint can
 # reach the GPU machine) on the builtin demo data: every rule, QLoRA's 4-bit and GaLore on CUDA included.
 #   bash benchmarks/dag_h100.sh [OUT]      # needs peftbench's environment and a Gemma 3 tokenizer in $TOKENIZER
-# Writes OUT/report.md, comparison.json, snakemake_log.txt, logs/, manifest.json (default benchmarks/dag-h100).
+# Writes OUT/report.md, comparison.json, snakemake_log.txt, logs/, manifest.json (default benchmarks/2026-11-25-h100/dag).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=${1:-benchmarks/dag-h100}
-work=/tmp/dag  # output_dir and model.path of benchmarks/dag-h100/config.yaml
+out=${1:-benchmarks/2026-11-25-h100/dag}
+work=/tmp/dag  # output_dir and model.path of benchmarks/2026-11-25-h100/dag/config.yaml
 python3 - "${TOKENIZER:-/tmp/tok}" /tmp/hf1b <<'PY'
 import sys, torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -20,7 +20,7 @@ PY
 start=$(date +%s)
 mkdir -p "$out"
 status=0
-snakemake --cores 4 --scheduler greedy --configfile benchmarks/dag-h100/config.yaml \
+snakemake --cores 4 --scheduler greedy --configfile benchmarks/2026-11-25-h100/dag/config.yaml \
     -- "$work/report.md" \
     > "$out/snakemake_log.txt" 2>&1 || status=$?
 echo "snakemake exit $status after $(( $(date +%s) - start )) s"

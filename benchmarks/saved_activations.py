@@ -6,7 +6,7 @@ attention kernel differs (sdpa here, flex attention on a GPU, which keeps the sa
 log-sum-exp). Weights are random; one layer; the parameters themselves are not counted (they exist
 anyway).
 
-  python benchmarks/saved_activations.py            # writes benchmarks/saved_activations.md
+  python benchmarks/saved_activations.py --out DIR  # writes DIR/saved_activations.md (the last run: benchmarks/2026-11-25-cpu/)
 """
 import argparse
 import sys

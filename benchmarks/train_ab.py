@@ -1,7 +1,7 @@
 """Variants of peftbench's training path in one process, their timed passes interleaved: A B A B ...
 
 On the GPU machines, peftbench's path waits on the CPU's kernel launches, and the same code measured
-29k to 36k tokens/s in processes minutes apart (variants/README.md): train_variants.py, one process per
+29k to 36k tokens/s in processes minutes apart (docs/history/variants/README.md): train_variants.py, one process per
 variant, cannot see a lever smaller than that. Here every variant is built and warmed up once, then the
 timed passes alternate between the variants for --rounds rounds, so a drift of the host hits them all
 alike, and each variant's median pass is compared with the first variant's.

@@ -1,7 +1,7 @@
 """The packed-row FlashAttention path (peftbench.attention), on a CPU: FlashAttention itself needs a GPU, so a
 reference kernel with its contract (cumulative offsets, causal, left window, fewer key/value heads) stands in,
 and the model's loss and gradients must equal transformers' own per-example masking over the same packed row.
-benchmarks/attention_speed.json compares the real kernel with flex attention on the GPU."""
+benchmarks/2026-12-01-h200/attention_speed.json compares the real kernel with flex attention on the GPU."""
 import pytest
 import torch
 import torch.nn.functional as F

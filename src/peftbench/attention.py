@@ -3,7 +3,7 @@
 Training packs each batch into one row (train.pack). Flex attention (transformers' choice for that) masks
 per example with block masks, but its backward at Gemma 3's head size (256, one key/value head) is slow:
 at the gemma-3-1b-it shape on an H200 it took 13.3 ms of GPU time per training step, against 4.7 ms for
-torch's built-in FlashAttention over the same examples (benchmarks/attention_speed.json), which also needs
+torch's built-in FlashAttention over the same examples (benchmarks/2026-12-01-h200/attention_speed.json), which also needs
 no block mask built per step. torch.nn.attention.varlen takes the examples as cumulative offsets in the
 packed row; each keeps its causal mask and, on sliding layers, its window.
 """

@@ -2,7 +2,7 @@
 
 At the gemma-3-1b-it shape, peftbench's training step waits on the CPU: its 26 decoder layers launch
 thousands of kernels forward and backward, and the GPU finishes them faster than Python issues them
-(benchmarks/train_profile.md). A CUDA graph records such a launch sequence once and replays it in one
+(benchmarks/2026-11-25-h100/train_profile.md). A CUDA graph records such a launch sequence once and replays it in one
 call. It needs fixed shapes, so in graph mode train.pack pads each packed row with a filler example (pad
 tokens outside the loss, attending only to themselves) to a multiple of TOKEN_MULTIPLE tokens, and the
 examples' offsets to a fixed count. Each padded length then has its decoder forward and backward captured

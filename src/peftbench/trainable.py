@@ -186,8 +186,8 @@ def recompute_elementwise(layer):
     products and attention as saved, and recomputes the elementwise work between them (norms, rotary
     embedding, gelu(gate) * up, bf16 copies of fp32 weights), which is cheap to redo but as large to
     store. Pays where the layer has no adapters (GaLore at the 1B shape: 17.6 GB peak with it, 22.1 GB
-    without, benchmarks/variants/README.md); with LoRA, each adapter's output is kept beside the base
-    product, so it keeps more, not less (benchmarks/saved_activations.md). Compiles (the partitioner honours the policy) and runs
+    without, docs/history/variants/README.md); with LoRA, each adapter's output is kept beside the base
+    product, so it keeps more, not less (benchmarks/2026-11-25-cpu/saved_activations.md). Compiles (the partitioner honours the policy) and runs
     eagerly alike."""
     forward, contexts = layer.forward, functools.partial(create_selective_checkpoint_contexts, _keep_products)
 

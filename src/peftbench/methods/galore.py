@@ -53,7 +53,7 @@ def galore_adamw(param_groups):
 
     galore-torch steps one matrix at a time, a dozen small operations each: at the 1B shape that is
     about 2,500 launches and 48 ms of CPU time a step, during which the GPU mostly waits
-    (benchmarks/train_profile.md).
+    (benchmarks/2026-11-25-h100/train_profile.md).
     Here the Adam moments of each group update in a handful of multi-tensor (foreach) calls, and each
     matrix gets two products: its gradient projected down, and the update projected back and added to
     the weight in one fused product (addmm), so no full-size update is ever materialized.
