@@ -44,7 +44,7 @@ rule general_loss:
         f"{OUT}/benchmarks/{{run}}/general_loss.tsv"
     threads: config["threads"]
     resources:
-        gpu=1,
+        gpu=config["gpu_per_step"],
         mem_mb=16000,
         runtime=60,
     shell:

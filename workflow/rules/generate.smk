@@ -19,7 +19,7 @@ rule generate:
         f"{OUT}/benchmarks/{{run}}/generate.tsv"
     threads: config["threads"]
     resources:
-        gpu=1,
+        gpu=config["gpu_per_step"],
         mem_mb=16000,
         runtime=6 * 60,
     shell:

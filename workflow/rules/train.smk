@@ -24,7 +24,7 @@ rule train:
         f"{OUT}/benchmarks/{{variant}}/seed{{seed}}/train.tsv"
     threads: config["threads"]
     resources:
-        gpu=1,
+        gpu=config["gpu_per_step"],
         mem_mb=32000,
         runtime=24 * 60,
     shell:

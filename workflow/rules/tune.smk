@@ -27,7 +27,7 @@ rule tune:
         f"{OUT}/benchmarks/tuning/{{variant}}/lr{{rate}}/train.tsv"
     threads: config["threads"]
     resources:
-        gpu=1,
+        gpu=config["gpu_per_step"],
         mem_mb=32000,
         runtime=24 * 60,
     shell:
