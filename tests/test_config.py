@@ -44,6 +44,8 @@ def test_study_and_demo_configs_are_valid(study_config, demo_config):
         (lambda c: c["model"].update(dtype="float16"), "model.dtype"),
         (lambda c: c["data"]["sources"][0].pop("hub"), "data.sources.0"),
         (lambda c: c["data"]["sources"][1]["train"].update(n=-5), "data.sources.1.train.n"),
+        (lambda c: c.update(threads=0), "threads: 0 is less than the minimum of 1"),
+        (lambda c: c.update(gpu_per_step=2), "gpu_per_step"),
     ],
 )
 def test_bad_config_names_the_key_in_one_line(study_config, change, key):
