@@ -107,7 +107,9 @@ def overlay(tmp_path, model_dir):
         compare=ALL_METHODS,
         variants={"galore": {"rank": 8, "update_proj_gap": 2}, "hybrid": {"rank": 8, "update_proj_gap": 2},
                   "full": {"lr": 1.0e-4}, "loha": {"kind": "loha", "r": 4, "alpha": 8}},
-        generation={"max_new_tokens": 16, "batch_size": 1, "chunk_prompts": CHUNK_PROMPTS})
+        generation={"max_new_tokens": 16, "batch_size": 1, "chunk_prompts": CHUNK_PROMPTS},
+        # one step at a time, so that each kill interrupts exactly the one job its assertions name
+        threads=4, gpu_per_step=1)
 
 
 def run_until(config, log_path, stop_dir, env, timeout=3600, targets=None):

@@ -15,12 +15,15 @@ import pytest
 import yaml
 
 from system_installs import skip_unless_opted_in
-from test_workflow import overlay
+from test_workflow import overlay as workflow_overlay
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = [str(ROOT / "scripts" / "slurm_cluster.sh")]
 METHODS = ["base", "lora"]  # one untrained and one trained variant (one seed): every rule, 9 jobs
 RUNS = {"base": "base", "lora": "lora/seed0"}
+# Resources as the SLURM runs were verified with: 4 threads a model step, each claiming gpu=1 (the shared
+# overlay now runs steps two at a time on a CPU).
+AS_TESTED = {"threads": 4, "gpu_per_step": 1}
 pytestmark = pytest.mark.integration
 
 
@@ -71,11 +74,11 @@ def runs(tmp_path_factory, model_dir, slurm_env):
     local_dir, slurm_dir = tmp_path_factory.mktemp("local"), tmp_path_factory.mktemp("slurm")
     # forgetting off: its jobs run in tests/test_workflow.py; here the jobs counted below
     local = start_snakemake("--cores", "2", "--configfile",
-                            str(overlay(local_dir, model_dir, compare=METHODS, seeds=[0], forgetting="off")))
+                            str(workflow_overlay(local_dir, model_dir, compare=METHODS, seeds=[0], forgetting="off", **AS_TESTED)))
     env = {**slurm_env, "SBATCH_PARTITION": "gpu", "SBATCH_ACCOUNT": "peftbench"}  # read by the profile
     slurm = start_snakemake(
         "--workflow-profile", str(ROOT / "profiles" / "slurm"),
-        "--configfile", str(overlay(slurm_dir, model_dir, compare=METHODS, seeds=[0], forgetting="off")),
+        "--configfile", str(workflow_overlay(slurm_dir, model_dir, compare=METHODS, seeds=[0], forgetting="off", **AS_TESTED)),
         "--set-resources", "train:gpu=0", "generate:gpu=0",  # no GPU here; all other requests as profiled
         "--slurm-init-seconds-before-status-checks", "5",
         "--slurm-logdir", str(slurm_dir / "slurm_logs"), "--slurm-keep-successful-logs",
@@ -127,7 +130,7 @@ def test_slurm_results_equal_the_local_run(runs):
 
 def test_profiles_parse_and_keep_code_changes_from_rerunning(tmp_path, model_dir):
     """Both profiles load (dry run), and both leave `code` out of the rerun triggers."""
-    config = str(overlay(tmp_path, model_dir, compare=METHODS, seeds=[0]))
+    config = str(workflow_overlay(tmp_path, model_dir, compare=METHODS, seeds=[0], **AS_TESTED))
     for profile in ("default", "slurm"):
         settings = yaml.safe_load((ROOT / "profiles" / profile / "config.yaml").read_text())
         assert settings["rerun-triggers"] == ["mtime", "params", "input"]

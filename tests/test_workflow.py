@@ -55,6 +55,9 @@ def overlay(tmp_path, model_dir, **changes):
         "tuning": "off",  # config.yaml's sweeps: tests/test_tuning_workflow.py
         # config.yaml's WikiText is a download: the package's own text, a few short passages
         "forgetting": {"text": "builtin", "passages": 6, "max_length": 48},
+        # one thread per step and no GPU claim: two steps at a time on CI's 2 cores, as in the demo
+        "threads": 1,
+        "gpu_per_step": 0,
         **changes,
     }
     path = tmp_path / "overlay.yaml"
