@@ -25,7 +25,6 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-MIX = {"alpaca": (150, 0.6), "tulu": (450, 0.9), "ultrachat": (1100, 0.5)}  # train_speed.py's MIX
 SIZES = {"train": 5000, "validation": 200, "test": 2000}  # per source, config.yaml's
 TEMPLATE_TOKENS = 16  # the chat template's own tokens around one exchange (turn markers, roles, BOS)
 
@@ -44,7 +43,9 @@ def word_pieces(tokenizer_dir):
 
 
 def synthetic_rows(name, n, max_length, words, rng):
-    median, sigma = MIX[name]
+    from train_speed import MIX  # (median, sigma) of alpaca, tulu-v2, ultrachat_200k, in that order
+
+    median, sigma = dict(zip(["alpaca", "tulu", "ultrachat"], MIX))[name]
     rows = []
     for _ in range(n):
         length = int(math.exp(math.log(median) + sigma * rng.gauss(0, 1)))

@@ -22,8 +22,10 @@ printf '#!/usr/bin/env python3\nfrom snakemake.cli import main\nmain()\n' > /tmp
 chmod +x /tmp/bin/peftbench /tmp/bin/snakemake
 [ -e $work/config.yaml ] || python3 benchmarks/study_gpu.py prepare --tokenizer /tmp/tok --work $work || exit 1
 
+# a run that the time limit stopped left Snakemake's lock behind
+snakemake --unlock --configfile=$work/config.yaml -- $work/results/report.md > /dev/null 2>&1
 start=$(date +%s)
-timeout --signal=TERM --kill-after=30 "$limit" \
+timeout --signal=INT --kill-after=60 "$limit" \
     snakemake --cores 16 --resources gpu=1 --rerun-incomplete --configfile=$work/config.yaml \
     -- $work/results/report.md >> "$out/snakemake_log.txt" 2>&1
 status=$?
