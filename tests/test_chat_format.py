@@ -2,7 +2,6 @@
 trainable turn tokens. On Gemma's format it gives exactly the tokens of the hand-written format it replaces."""
 import pytest
 
-from peftbench import chat
 from peftbench.chat_format import IGNORE_INDEX, ChatFormat, resolve_template
 from peftbench.errors import UserError
 from tiny import make_tokenizer
@@ -23,10 +22,23 @@ CONVERSATIONS = [
 ]
 
 
+def hand_written_gemma(tokenizer, messages, prompt=False):
+    """The hand-written Gemma format this module replaced (peftbench 0.1's chat.py), kept as the reference:
+    pieces tokenized one by one, answers and their <end_of_turn> trained."""
+    def ids(text):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    input_ids, labels = [tokenizer.bos_token_id], [IGNORE_INDEX]
+    for message in messages:
+        role = "model" if message["role"] == "assistant" else "user"
+        header, body, newline = ids(f"<start_of_turn>{role}\n"), ids(message["content"] + "<end_of_turn>"), ids("\n")
+        input_ids += header + body + newline
+        labels += [IGNORE_INDEX] * len(header) + (body if role == "model" else [IGNORE_INDEX] * len(body)) \
+            + [IGNORE_INDEX] * len(newline)
+    return input_ids + ids("<start_of_turn>model\n") if prompt else (input_ids, labels)
+
+
 def gemma_tokenizer():
-    tokenizer = make_tokenizer()
-    tokenizer.chat_template = resolve_template("gemma")
-    return tokenizer
+    return make_tokenizer()  # tests/tiny.py gives it the built-in Gemma template
 
 
 def chatml_tokenizer(template=CHATML):
@@ -40,9 +52,9 @@ def chatml_tokenizer(template=CHATML):
 def test_gemma_template_gives_the_hand_written_formats_tokens(messages):
     tokenizer = gemma_tokenizer()
     fmt = ChatFormat(tokenizer)
-    assert fmt.encode_chat(messages) == chat.encode_chat(tokenizer, messages)
-    assert fmt.encode_prompt(messages[:-1]) == chat.encode_prompt(tokenizer, messages[:-1])
-    assert fmt.stop_ids == sorted({chat.end_of_turn_id(tokenizer), tokenizer.eos_token_id})
+    assert fmt.encode_chat(messages) == hand_written_gemma(tokenizer, messages)
+    assert fmt.encode_prompt(messages[:-1]) == hand_written_gemma(tokenizer, messages[:-1], prompt=True)
+    assert fmt.stop_ids == sorted({tokenizer.convert_tokens_to_ids("<end_of_turn>"), tokenizer.eos_token_id})
     assert fmt.turn_tokens == ["<start_of_turn>", "<end_of_turn>"]
 
 

@@ -1,43 +1,33 @@
-"""Gemma's chat turn format, written out by hand so every model (with or without a chat template) gets
-exactly the same text, and the token-level mask that trains only on the assistant's answers.
+"""The chat boundary every step goes through: a conversation to tokens and answer labels, a prompt to tokens,
+the ids that end an answer. The model's own chat template decides all of it (peftbench.chat_format); the
+format is read once per tokenizer and kept on it."""
+from peftbench.chat_format import IGNORE_INDEX, ChatFormat, split_prompt_reference  # noqa: F401
 
-    <bos><start_of_turn>user\n{question}<end_of_turn>\n<start_of_turn>model\n{answer}<end_of_turn>\n
-"""
-IGNORE_INDEX = -100  # label of tokens the loss skips
-START, END = "<start_of_turn>", "<end_of_turn>"
-GEMMA_ROLE = {"user": "user", "assistant": "model"}
+_FORMAT = "_peftbench_chat_format"
 
 
-def _ids(tokenizer, text):
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def end_of_turn_id(tokenizer) -> int:
-    return tokenizer.convert_tokens_to_ids(END)
+def format_of(tokenizer) -> ChatFormat:
+    fmt = getattr(tokenizer, _FORMAT, None)
+    if fmt is None or fmt.template != tokenizer.chat_template:
+        fmt = ChatFormat(tokenizer)
+        setattr(tokenizer, _FORMAT, fmt)
+    return fmt
 
 
 def encode_chat(tokenizer, messages):
-    """Token ids of a whole conversation and labels that are -100 everywhere but the assistant's answers
-    (each answer's text and its <end_of_turn>, so the model learns to stop)."""
-    input_ids, labels = [tokenizer.bos_token_id], [IGNORE_INDEX]
-    for message in messages:
-        role = GEMMA_ROLE[message["role"]]
-        header = _ids(tokenizer, f"{START}{role}\n")
-        body = _ids(tokenizer, message["content"] + END)
-        newline = _ids(tokenizer, "\n")
-        input_ids += header + body + newline
-        trained = body if role == "model" else [IGNORE_INDEX] * len(body)
-        labels += [IGNORE_INDEX] * len(header) + trained + [IGNORE_INDEX] * len(newline)
-    return input_ids, labels
+    """Token ids of a whole conversation and labels that are IGNORE_INDEX everywhere but the assistant's
+    answers (each through its end-of-turn token, so the model learns to stop)."""
+    return format_of(tokenizer).encode_chat(messages)
 
 
 def encode_prompt(tokenizer, messages):
     """Token ids of the conversation so far, ending where the model's answer starts."""
-    input_ids, _ = encode_chat(tokenizer, messages)
-    return input_ids + _ids(tokenizer, f"{START}model\n")
+    return format_of(tokenizer).encode_prompt(messages)
 
 
-def split_prompt_reference(messages):
-    """A test example's prompt is every turn before the last assistant turn; the reference is that turn."""
-    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    return messages[:last], messages[last]["content"]
+def end_of_turn_id(tokenizer) -> int:
+    return format_of(tokenizer).end_of_turn_id
+
+
+def stop_ids(tokenizer):
+    return format_of(tokenizer).stop_ids

@@ -42,6 +42,7 @@ class ChatFormat:
             raise UserError(f"{model_name} has no chat template: set model.chat_template to a built-in "
                             f"({', '.join(builtin_template_names())}) or a .jinja file")
         self.tokenizer = tokenizer
+        self.template = tokenizer.chat_template
         self.model_name = model_name
         self.system_role = self._system_role()
         self.end_of_turn_id = self._end_of_turn_id()

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from peftbench.chat import encode_prompt, end_of_turn_id, split_prompt_reference
+from peftbench.chat import encode_prompt, split_prompt_reference, stop_ids
 from peftbench.errors import UserError
 from peftbench.io import read_json, read_jsonl, write_json, write_jsonl
 from peftbench.methods import METHODS
@@ -57,7 +57,7 @@ def cut_at_stop(ids, stop_ids):
 
 
 def stop_ids_of(tokenizer):
-    return [end_of_turn_id(tokenizer), tokenizer.eos_token_id]
+    return stop_ids(tokenizer)
 
 
 def _by_length(prompts, batch_size):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from peftbench.chat_format import ChatFormat, resolve_template
 from peftbench.errors import UserError
 from peftbench.io import atomic_dir, read_json, write_json
 
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 # Any one of these makes a folder's tokenizer loadable (fast tokenizer, or sentencepiece/tiktoken model).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tiktoken.model")
+
+
+CHAT_TEMPLATE = "chat_template.jinja"  # beside model.json: the template prepare_model chose, if any
 
 
 def to_device(tensor, device):
@@ -152,6 +156,14 @@ def prepare_model(model_cfg: dict, out_dir) -> dict:
         else:
             raise UserError(f"unknown model.source {source!r}: use embedded, hub or local")
         info = {"source": source, "id": model_cfg.get("id"), "revision": model_cfg.get("revision"), "path": path}
+        template = model_cfg.get("chat_template") or ("gemma" if source == "embedded" else None)
+        if template:
+            (tmp / CHAT_TEMPLATE).write_text(resolve_template(template))
+            info["chat_template"] = template
+        # The model's chat format, checked before any data is encoded or any training starts.
+        fmt = ChatFormat(load_tokenizer(tmp, path), model_cfg.get("id") or path)
+        info["format"] = {"end_of_turn": fmt.tokenizer.convert_ids_to_tokens(fmt.end_of_turn_id),
+                          "turn_tokens": fmt.turn_tokens, "system_role": fmt.system_role}
         write_json(tmp / "model.json", info)
     return info
 
@@ -160,10 +172,20 @@ def model_path(model_dir) -> str:
     return read_json(Path(model_dir) / "model.json")["path"]
 
 
-def load_tokenizer(model_dir):
+def load_tokenizer(model_dir, path=None):
+    """The model's tokenizer, with the chat template prepare_model chose where the model has none."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(model_path(model_dir))
+    tokenizer = AutoTokenizer.from_pretrained(path or model_path(model_dir))
+    template = Path(model_dir) / CHAT_TEMPLATE
+    if template.is_file():
+        tokenizer.chat_template = template.read_text()
+    return tokenizer
+
+
+def load_chat_format(model_dir):
+    info = read_json(Path(model_dir) / "model.json")
+    return ChatFormat(load_tokenizer(model_dir), info.get("id") or info["path"])
 
 
 def compute_dtype(dtype, device):

@@ -927,8 +927,8 @@ def build_report(config, comparison, metrics, manifest, benchmarks, out_path, se
         *_memory_knob_lines(metrics),
         "**Fairness:** every trained method sees the same batches in the same order (one seeded "
         "permutation per epoch, grouped by length within windows of 8 batches), the same epochs, batch size "
-        "and maximum length, and trains the same two "
-        f"turn-token embedding rows ({', '.join(training['trainable_tokens']) or 'none'}) so that it can learn "
+        "and maximum length, and trains the same "
+        f"turn-token embedding rows ({_turn_tokens_text(training['trainable_tokens'])}) so that it can learn "
         "to end its turn (peft trains them beside LoRA adapters, peftbench beside other peft methods' "
         "adapters; full fine-tuning trains the whole embedding, these rows included, at its own learning "
         "rate). The loss covers the assistant's answers only.",
@@ -991,6 +991,10 @@ def _compute_dtype(metrics):
     dtypes = {run.get("compute_dtype") or ("float32" if run.get("device") == "cpu" else "bfloat16")
               for runs in metrics.values() for run in runs}
     return ", ".join(sorted(dtypes)) or "n/a"
+
+
+def _turn_tokens_text(tokens):
+    return "the chat template's turn tokens" if tokens == "auto" else ", ".join(tokens) or "none"
 
 
 def _compute_note(metrics):

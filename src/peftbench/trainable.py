@@ -33,6 +33,11 @@ BASE_CHANGING_INITS = ("pissa", "olora", "corda")
 
 
 def token_ids(tokenizer, tokens):
+    """The ids of training.trainable_tokens; `auto`: the special tokens the chat template writes around a turn."""
+    if tokens == "auto":
+        from peftbench.chat import format_of
+
+        tokens = format_of(tokenizer).turn_tokens
     ids = tokenizer.convert_tokens_to_ids(list(tokens))
     unknown = [t for t, i in zip(tokens, ids) if i is None or i == tokenizer.unk_token_id]
     if unknown:
