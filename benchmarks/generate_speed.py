@@ -160,7 +160,7 @@ def profile_decode(model, prompts, new_tokens, out, device):
     building) and over CUDA-graph replays (kernel table), plus wall time per step both ways. -> markdown."""
     from torch.profiler import ProfilerActivity, profile
 
-    from peftbench.generate import CACHE_ALIGN, _Decoder, left_pad
+    from peftbench.generate import CACHE_ALIGN, _Decoder, decode_attention_on, left_pad
 
     rows = len(prompts)
     input_ids, attention_mask = left_pad(prompts, PAD, device)
@@ -168,7 +168,7 @@ def profile_decode(model, prompts, new_tokens, out, device):
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     sections, timings = [], {}
-    with torch.inference_mode():
+    with torch.inference_mode(), decode_attention_on(model):
         for use_graph in (False, True):
             stats = {"graphs": 0, "capture_s": 0.0}
             decoder = _Decoder(model, rows, slots, PAD, (1, 106), use_graph, stats)

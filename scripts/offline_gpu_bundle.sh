@@ -38,6 +38,17 @@ if [ -n "${WORKFLOW:-}" ]; then
     for wheel in "$OUT"/wheels/*.whl; do rm -f "$OUT/workflow-wheels/$(basename "$wheel" | cut -d- -f1)"-*.whl; done
 fi
 
+# TRANSFORMERS=VERSION (e.g. 5.24.0): also that transformers and the huggingface-hub, tokenizers and
+# safetensors it needs, for a GPU image whose own transformers is older (generation was measured so).
+if [ -n "${TRANSFORMERS:-}" ]; then
+    rm -rf "$OUT/transformers-wheels"
+    python3 -m pip download -q --only-binary=:all: --python-version "$PYTHON_VERSION" --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d "$OUT/transformers-wheels" \
+        "transformers==$TRANSFORMERS"
+    # the image's own copies of these stay: replacing them would reach into what torch imports
+    rm -f "$OUT"/transformers-wheels/{typing_extensions,numpy,packaging,pyyaml,PyYAML,tqdm,filelock,fsspec,regex}-*.whl
+fi
+
 "$PYTHON" - "$OUT" <<'EOF'
 import sys, tarfile, tempfile
 from pathlib import Path
@@ -54,9 +65,9 @@ EOF
 
 cat > "$OUT/setup.sh" <<EOF
 # Sourced from the repository root on the GPU machine: the wheels into /tmp/site, the tokenizer into /tmp/tok.
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $OUT/wheels/*.whl \$(ls $OUT/workflow-wheels/*.whl 2>/dev/null) || return 1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $OUT/wheels/*.whl \$(ls $OUT/workflow-wheels/*.whl $OUT/transformers-wheels/*.whl 2>/dev/null) || return 1
 export PYTHONPATH=/tmp/site:\$PWD/src PYTHONUNBUFFERED=1
 tar xJf $OUT/tok.tar.xz -C /tmp || return 1
 python3 -c "import torch, bitsandbytes, galore_torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else \"no GPU\")" || return 1
 EOF
-du -sh "$OUT"/wheels "$OUT"/tok.tar.xz $(ls -d "$OUT"/workflow-wheels 2>/dev/null)
+du -sh "$OUT"/wheels "$OUT"/tok.tar.xz $(ls -d "$OUT"/workflow-wheels "$OUT"/transformers-wheels 2>/dev/null)

@@ -45,7 +45,50 @@ def test_prompts_exercise_padding_and_sliding_layers(model, prompts, reference):
 
 @pytest.mark.parametrize("batch_size", [1, 3, 10])
 def test_fast_path_equals_generate(model, prompts, reference, tokenizer, batch_size):
+    before = model.config._attn_implementation
     assert fast_greedy_ids(model, prompts, MAX_NEW, batch_size, tokenizer.pad_token_id) == reference
+    assert model.config._attn_implementation == before  # the decoder's own attention only while it decodes
+    assert not any("forward" in vars(m) for m in model.modules())  # and its fused norms
+
+
+@pytest.mark.parametrize("batch_size", [3, 10])
+def test_packed_prefill_decodes_what_generate_decodes(model, prompts, reference, tokenizer, batch_size, monkeypatch):
+    """Where FlashAttention runs (a GPU), the prompts are prefilled packed, padding left out; here its
+    varlen contract is played by the reference kernel the training tests use."""
+    from test_attention import reference_varlen
+
+    from peftbench import attention
+
+    import peftbench.generate as generation_module
+
+    monkeypatch.setattr(generation_module, "packs_prompts", lambda model: True)  # float32 on a CPU here
+    monkeypatch.setattr(attention, "varlen_kernel", reference_varlen)
+    assert fast_greedy_ids(model, prompts, MAX_NEW, batch_size, tokenizer.pad_token_id) == reference
+
+
+def test_sliding_layers_keep_only_their_window(model, prompts, tokenizer):
+    """Every batch's cache is longer than the window, so the sliding layers decode from their ring."""
+    from peftbench.generate import _Decoder
+
+    decoder = _Decoder(model, 2, 128, tokenizer.pad_token_id, (), False, {})
+    window = model.config.sliding_window
+    assert decoder.ring == window
+    lengths = {kind: k.shape[2] for kind, k in zip(model.config.layer_types, decoder.keys)}
+    assert lengths == {"sliding_attention": window, "full_attention": 128}
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+
+
+@needs_cuda
+def test_graph_replays_decode_what_eager_steps_and_generate_decode(model_dir, prompts, tokenizer):
+    cuda_model = load_for_eval(METHODS["base"], model_dir, None, {}, "cuda", "float32")
+    pad = tokenizer.pad_token_id
+    stats = {}
+    graphed = fast_greedy_ids(cuda_model, prompts, MAX_NEW, 4, pad, stats=stats)
+    assert stats["graphs"] >= 1
+    assert graphed == fast_greedy_ids(cuda_model, prompts, MAX_NEW, 4, pad, cuda_graph=False)
+    assert graphed == plain_greedy_ids(cuda_model, prompts, MAX_NEW, 4, pad)
 
 
 def test_row_stops_at_end_of_turn(model, prompts, reference, tokenizer):
@@ -126,3 +169,30 @@ def test_an_unmerged_adapter_decodes_on_the_plain_path_with_batch_size_zero(mode
         assert automatic == greedy_answers(unmerged, tokenizer, prompts[:4], 8, 2, "cpu")
     finally:
         unmerged.unload()  # the module-scoped model, as it was
+
+
+@needs_cuda
+def test_packed_prefill_fills_the_cache_the_padded_prefill_fills(model_dir, prompts, tokenizer, monkeypatch):
+    """bf16 on a GPU: FlashAttention over the packed prompts against sdpa over the padded batch."""
+    import peftbench.generate as generation_module
+    from peftbench.generate import _Decoder, decode_attention_on, left_pad
+
+    bf16 = load_for_eval(METHODS["base"], model_dir, None, {}, "cuda", "bfloat16")
+    input_ids, attention_mask = left_pad(prompts, tokenizer.pad_token_id, "cuda")
+    decoders, firsts = [], []
+    with torch.inference_mode(), decode_attention_on(bf16):
+        for packed in (True, False):
+            monkeypatch.setattr(generation_module, "packs_prompts", lambda model, packed=packed: packed)
+            decoders.append(_Decoder(bf16, len(prompts), 128, tokenizer.pad_token_id, (), False, {}))
+            firsts.append(decoders[-1].prefill(input_ids, attention_mask))
+    packed, padded = decoders
+    monkeypatch.undo()
+    assert generation_module.packs_prompts(bf16)
+    width, ring = input_ids.shape[1], packed.ring
+    for layer, sliding in enumerate(packed.sliding):
+        seen = packed.ring_valid if sliding else packed.valid[:, :width]
+        slot_axis = torch.arange(ring, device="cuda") if sliding else torch.arange(width, device="cuda")
+        for got, expected in ((packed.keys, padded.keys), (packed.values, padded.values)):
+            a, b = got[layer][:, 0, : len(slot_axis)], expected[layer][:, 0, : len(slot_axis)]
+            torch.testing.assert_close(a[seen], b[seen], rtol=2e-2, atol=2e-2)
+    assert (firsts[0] == firsts[1]).float().mean() >= 0.8  # bf16: near-tied logits may round either way

@@ -4,17 +4,21 @@ Prompts are batched by length (left-padded), decoding is greedy with a fixed max
 answer stops at <end_of_turn> (or <eos>). The model is the trained one, rebuilt by trainable.load_for_eval:
 adapters merged into the weights, a 4-bit base dequantized first, so what is scored is what was trained.
 
-Decoding is our own loop (fast_greedy_ids), not model.generate: large length-sorted batches, one static
-KV cache, one prefill forward, then one forward of one token per row per step; on CUDA that step is
-captured once as a CUDA graph, so a step costs one launch instead of ~700 small kernel launches. It
-computes what generate(do_sample=False) computes: the same model forward, the same masks (a key is seen
-if its cache slot is at or before the query's, and within sliding_window slots on sliding layers, as
-transformers counts for left-padded batches), the same position ids, argmax. plain_greedy_ids keeps
-model.generate for comparison; tests/test_generate.py checks that both agree token for token. (In bf16
-two logits can round to the same value; which one wins then depends on summation order inside kernels,
-which differs between any two ways of batching, for generate itself too.)
+Decoding is our own loop (fast_greedy_ids), not model.generate: large length-sorted batches, one prefill
+forward, then one forward of one token per row per step, through the model's own layers but with our KV
+cache and attention (decode_attention): the query heads that share a key/value head read the cache once,
+and sliding-window layers keep only their window. On CUDA the step is captured once as a CUDA graph, so a
+step costs one launch instead of ~700 small kernel launches. benchmarks/generate.md measures it against
+transformers' generate, plain and static-cache compiled. It computes what generate(do_sample=False)
+computes: the same model forward, the same masks (a key is seen if its cache slot is at or before the
+query's, and within sliding_window slots on sliding layers, as transformers counts for left-padded
+batches), the same position ids, argmax. plain_greedy_ids keeps model.generate for comparison;
+tests/test_generate.py checks that both agree token for token. (In bf16 two logits can round to the same
+value; which one wins then depends on summation order inside kernels, which differs between any two ways
+of batching, for generate itself too.)
 """
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -23,8 +27,11 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm import tqdm
 
+from peftbench import attention
 from peftbench.chat import encode_prompt, split_prompt_reference, stop_ids
 from peftbench.errors import UserError
 from peftbench.io import read_json, read_jsonl, write_json, write_jsonl
@@ -129,7 +136,12 @@ def decode_answers(tokenizer, ids):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Fast path: static KV cache, our own masks, decode step replayed as a CUDA graph.
+# Fast path: our own KV cache and decode attention, the decode step replayed as a CUDA graph.
+
+DECODE_ATTENTION = "peftbench_decode"
+# sdpa's memory-efficient kernel for the decode step where it runs (CUDA), else the math one: measured the
+# fastest at the decode shape, ahead of sdpa's own choice (benchmarks/2026-12-03-h200/decode_attention.md).
+DECODE_KERNELS = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 def supports_fast_path(model):
@@ -137,45 +149,115 @@ def supports_fast_path(model):
     return (
         not hasattr(model, "peft_config")  # an adapter peft cannot merge runs through its own forward
         and config.model_type == "gemma3_text"  # a model whose forward takes a {layer type: 4D mask} mapping
-        and config._attn_implementation in ("sdpa", "eager")
+        and not getattr(config, "attn_logit_softcapping", None)
         and set(config.layer_types) <= FAST_LAYER_TYPES
     )
 
 
-def attention_masks(config, valid, query_slots, dtype):
-    """{layer type: 4D mask [rows, 1, queries, slots]} for queries at cache slots query_slots over the whole
-    static cache. valid[row, slot] is False where the slot holds left padding. The rule is transformers':
-    a key is seen if its slot is at or before the query's (and, on sliding layers, fewer than sliding_window
-    slots before it)."""
+def packs_prompts(model):
+    """Whether prefill runs on the real prompt tokens only: FlashAttention's varlen kernel, which needs a
+    CUDA GPU and 16-bit weights."""
+    return model.dtype in (torch.bfloat16, torch.float16) and attention.supported(model.device)
+
+
+def attention_masks(config, valid, query_slots):
+    """{layer type: bool mask [rows, 1, queries, slots]} for queries at cache slots query_slots over the slots
+    of valid (valid[row, slot] is False where the slot holds left padding). The rule is transformers': a key
+    is seen if its slot is at or before the query's (and, on sliding layers, fewer than sliding_window slots
+    before it)."""
     slots = torch.arange(valid.shape[1], device=valid.device)
     query = query_slots[:, None]
     seen = valid[:, None, None, :] & (slots <= query)
     # A padding query sees itself, so no row is fully masked (sdpa could return NaN there); no real token
     # ever looks at a padding slot, so this changes nothing that is kept.
     seen = seen | (slots == query)
-    masks = {"full_attention": seen, "sliding_attention": seen & (slots > query - config.sliding_window)}
-    if config._attn_implementation == "eager":  # eager attention adds its mask to the scores
-        low = torch.finfo(dtype).min
-        masks = {name: torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(~m, low)
-                 for name, m in masks.items()}
-    return {name: masks[name] for name in set(config.layer_types)}
+    return {"full_attention": seen, "sliding_attention": seen & (slots > query - config.sliding_window)}
+
+
+def decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None,
+                     decoder=None, **kwargs):
+    """transformers' attention interface (query (rows, heads, tokens, head_dim); returns (rows, tokens, heads,
+    head_dim)) over the _Decoder's own cache: this layer's new keys and values are stored first.
+
+    A decode step has one query per head, and the query heads of a group share one key/value head: the
+    group becomes the query axis, so each row's cached keys and values are read once, where transformers'
+    sdpa path (under torch.compile, or before transformers 5.2x) copies them once per query head."""
+    if softcap or dropout:
+        raise ValueError(f"{DECODE_ATTENTION} supports neither attention logit softcapping nor dropout")
+    rows, heads, tokens, head_dim = query.shape
+    if kwargs.get("cu_seq_lens_q") is not None:  # packed prefill: FlashAttention within each prompt
+        decoder.store(module.layer_idx, key, value)
+        return attention.varlen_attention_forward(module, query, key, value, None, scaling=scaling, **kwargs)
+    key, value = decoder.store(module.layer_idx, key, value)
+    groups = heads // key.shape[1]
+    if tokens == 1:
+        with sdpa_kernel(DECODE_KERNELS):
+            out = F.scaled_dot_product_attention(query.view(rows, key.shape[1], groups, head_dim), key, value,
+                                                 attn_mask=attention_mask, scale=scaling)
+        return out.view(rows, 1, heads, head_dim), None
+    if groups > 1:  # the prefill: once per batch
+        key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling)
+    return out.transpose(1, 2), None
+
+
+@contextlib.contextmanager
+def decode_attention_on(model):
+    """While inside, the model's attention layers call decode_attention and its Gemma norms run fused;
+    afterwards the model is as it was."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(DECODE_ATTENTION, decode_attention)
+    before = model.config._attn_implementation
+    model.set_attn_implementation(DECODE_ATTENTION)
+    norms = [m for m in model.modules() if type(m).__name__ in GEMMA_NORMS and "forward" not in vars(m)]
+    for norm in norms:
+        norm.forward = _fused_gemma_norm(norm)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
+        for norm in norms:
+            del norm.forward
+
+
+GEMMA_NORMS = {"Gemma3RMSNorm"}
+
+
+def _fused_gemma_norm(norm):
+    """Gemma's RMSNorm, x / rms(x) * (1 + weight) in float32, through torch's rms_norm with the 1 + weight
+    computed once: fewer kernels than transformers' (cast, square, mean, add, rsqrt, multiplies), which at
+    decode batch sizes cost more in launches than in work (benchmarks/2026-12-03-h200/README.md)."""
+    scale = 1.0 + norm.weight.detach().float()
+
+    def forward(x):
+        return F.rms_norm(x.float(), scale.shape, scale, norm.eps).type_as(x)
+
+    return forward
 
 
 class _Decoder:
     """The static state of one batch shape (rows x cache slots): KV cache, the step's input buffers, and on
-    CUDA the decode step captured as a CUDA graph. Reused by every batch of that shape."""
+    CUDA the decode step captured as a CUDA graph. Reused by every batch of that shape.
+
+    The cache is ours, not transformers': full-attention layers keep every slot; sliding layers keep only
+    their window, as a ring (slot s at s mod window), so a step reads window slots there, not the whole
+    cache. Attention ignores the order of keys (positions are already rotated into them), so the ring needs
+    no reordering; its mask says which ring slots hold real tokens."""
 
     def __init__(self, model, rows, slots, pad_id, stop_ids, use_graph, stats):
-        from transformers.cache_utils import Cache, StaticLayer
-
         self.model, self.config, self.pad_id = model, model.config, pad_id
         self.rows, self.slots, device = rows, slots, model.device
-        # Every layer, sliding ones too, keeps all `slots` positions in a plain StaticLayer: transformers'
-        # StaticSlidingWindowLayer tracks its fill level in a Python int and rolls its window each step,
-        # which a captured graph cannot follow. Sliding attention is then done by the mask alone, exactly
-        # as a cache holding the whole sequence would.
-        self.cache = Cache(layers=[StaticLayer(max_cache_len=slots) for _ in range(self.config.num_hidden_layers)])
+        config, dtype = self.config, model.dtype
+        window = config.sliding_window if "sliding_attention" in config.layer_types else None
+        self.ring = window if window and window < slots else None
+        shape = lambda length: (rows, config.num_key_value_heads, length, config.head_dim)  # noqa: E731
+        self.sliding = [kind == "sliding_attention" and self.ring is not None for kind in config.layer_types]
+        self.keys = [torch.zeros(shape(self.ring if ring else slots), dtype=dtype, device=device)
+                     for ring in self.sliding]
+        self.values = [torch.zeros_like(k) for k in self.keys]
         self.valid = torch.ones(rows, slots, dtype=torch.bool, device=device)  # slot holds a real token
+        self.ring_valid = torch.zeros(rows, self.ring or 1, dtype=torch.bool, device=device)  # ring slot does
         self.token = torch.zeros(rows, 1, dtype=torch.long, device=device)  # last picked token, next input
         self.position = torch.zeros(rows, 1, dtype=torch.long, device=device)  # its position id
         self.slot = torch.zeros(1, dtype=torch.long, device=device)  # its cache slot
@@ -183,9 +265,42 @@ class _Decoder:
         self.stop = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
         self.use_graph = use_graph and device.type == "cuda"
         self.graph, self.warm, self.stats = None, 0, stats
+        self.packed = self.packed_ring = None  # during a packed prefill: where its tokens go in the cache
 
-    def _logits(self, hidden):
-        logits = self.model.lm_head(hidden)
+    def store(self, layer, key, value):
+        """Write this layer's new keys and values into the cache; return what its queries attend over."""
+        if self.packed is not None:  # packed prefill: token i of the row goes to (row, slot) of the cache
+            rows, slots = self.packed
+            if self.sliding[layer]:  # the ring keeps the last `ring` prompt slots, each at its slot mod ring
+                rows, slots, kept = self.packed_ring
+                key, value = key[:, :, kept], value[:, :, kept]
+            self.keys[layer][rows, :, slots] = key[0].transpose(0, 1)
+            self.values[layer][rows, :, slots] = value[0].transpose(0, 1)
+            return None, None  # the prompt attends over its own keys (decode_attention has them)
+        if key.shape[2] > 1:  # padded prefill: the prompt's own keys are everything there is to attend over
+            width = key.shape[2]
+            if self.sliding[layer]:
+                kept = torch.arange(max(0, width - self.ring), width, device=key.device)
+                self.keys[layer][:, :, kept % self.ring] = key[:, :, kept]
+                self.values[layer][:, :, kept % self.ring] = value[:, :, kept]
+            else:
+                self.keys[layer][:, :, :width] = key
+                self.values[layer][:, :, :width] = value
+            return key, value
+        where = self.slot % self.ring if self.sliding[layer] else self.slot
+        self.keys[layer].index_copy_(2, where, key)
+        self.values[layer].index_copy_(2, where, value)
+        return self.keys[layer], self.values[layer]
+
+    def _hidden(self, input_ids, masks, position_ids, **packing):
+        """The model's layers with our attention and cache."""
+        return self.model.model(input_ids=input_ids, attention_mask=masks, position_ids=position_ids,
+                                use_cache=False, decoder=self, **packing).last_hidden_state
+
+    def _logits(self, last_hidden):
+        """Logits of the given positions (rows, 1, hidden), contiguous: a strided slice sends frozen CPU
+        weights down a batched-matmul path that copies the whole 262k-row output layer per row (100x slower)."""
+        logits = self.model.lm_head(last_hidden)
         cap = getattr(self.config, "final_logit_softcapping", None)
         return torch.tanh(logits / cap) * cap if cap else logits
 
@@ -197,30 +312,50 @@ class _Decoder:
         self.token.copy_(token[:, None])
 
     def prefill(self, input_ids, attention_mask):
-        """Run the left-padded prompts in one forward; return each row's first new token."""
+        """Run the left-padded prompts in one forward; return each row's first new token. With FlashAttention
+        (a CUDA GPU) the forward runs on the real tokens only, packed into one row, so padding costs nothing;
+        their keys and values land where the left-padded layout puts them."""
         width = input_ids.shape[1]
-        self.cache.reset()  # zeroes in place, so a captured graph still points at the right memory
         self.done.zero_()
         self.valid.fill_(True)
         self.valid[:, :width] = attention_mask.bool()
+        if self.ring:  # ring slot r holds the last prompt slot s with s mod ring == r, if there is one
+            kept = torch.arange(max(0, width - self.ring), width, device=input_ids.device)
+            self.ring_valid.zero_()
+            self.ring_valid[:, kept % self.ring] = self.valid[:, kept]
         # generate's position ids: count of real tokens before, padding at 1
         position_ids = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
-        masks = attention_masks(self.config, self.valid, torch.arange(width, device=input_ids.device), self.model.dtype)
-        hidden = self.model.model(input_ids=input_ids, attention_mask=masks, position_ids=position_ids,
-                                  past_key_values=self.cache, use_cache=True).last_hidden_state
-        # Only the last position's logits, from a contiguous copy: a strided slice sends frozen CPU weights
-        # down a batched-matmul path that copies the whole 262k-row output layer per row (100x slower).
-        self._pick(self._logits(hidden[:, -1:].contiguous()))
+        if packs_prompts(self.model):
+            real = attention_mask.bool()
+            rows, slots = real.nonzero(as_tuple=True)  # row-major: each row's tokens in order, row after row
+            self.packed = rows, slots
+            if self.ring:
+                in_ring = slots >= width - self.ring
+                self.packed_ring = rows[in_ring], slots[in_ring] % self.ring, in_ring.nonzero()[:, 0]
+            lengths = attention_mask.sum(-1)
+            offsets = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+            try:
+                hidden = self._hidden(input_ids[real][None], dict.fromkeys(self.config.layer_types),
+                                      position_ids[real][None], cu_seq_lens_q=offsets,
+                                      max_length_q=attention.length_bound(lengths.tolist()))
+            finally:
+                self.packed = None
+            last = hidden[0, offsets[1:].long() - 1][:, None]
+        else:
+            masks = attention_masks(self.config, self.valid[:, :width], torch.arange(width, device=input_ids.device))
+            last = self._hidden(input_ids, masks, position_ids)[:, -1:].contiguous()
+        self._pick(self._logits(last))
         self.position.copy_(position_ids[:, -1:] + 1)
         self.slot.fill_(width)
         return self.token[:, 0].clone()
 
     def _step(self):
         """Feed each row's last token at self.slot; everything reads and writes fixed buffers (graph-safe)."""
-        masks = attention_masks(self.config, self.valid, self.slot, self.model.dtype)
-        logits = self.model(input_ids=self.token, attention_mask=masks, position_ids=self.position,
-                            past_key_values=self.cache, use_cache=True).logits
-        self._pick(logits)
+        masks = attention_masks(self.config, self.valid, self.slot)
+        if self.ring:  # the new token's ring slot holds a real token from now on
+            self.ring_valid.index_fill_(1, self.slot % self.ring, True)
+            masks["sliding_attention"] = self.ring_valid[:, None, None, :]
+        self._pick(self._logits(self._hidden(self.token, masks, self.position)))
         self.position += 1
         self.slot += 1
 
@@ -283,19 +418,20 @@ def fast_greedy_ids(model, prompts, max_new_tokens, batch_size, pad_id, stop_ids
     stats = {} if stats is None else stats
     stats.update(batch_size=batch_size, graphs=0, capture_s=0.0)
     results, progress, decoder = [None] * len(prompts), _Progress(len(prompts), desc), None
-    for batch in _by_length(prompts, batch_size):
-        input_ids, attention_mask = left_pad([prompts[i] for i in batch], pad_id, device)
-        slots = -(-(input_ids.shape[1] + max_new_tokens - 1) // CACHE_ALIGN) * CACHE_ALIGN
-        if decoder is None or (decoder.rows, decoder.slots) != (len(batch), slots):
-            decoder = None  # free the previous cache and graph before allocating the next
-            decoder = _Decoder(model, len(batch), slots, pad_id, stop_ids, cuda_graph, stats)
-        new = [decoder.prefill(input_ids, attention_mask)]
-        for step in range(1, max_new_tokens):
-            if step % DONE_EVERY == 0 and decoder.done.all():
-                break
-            new.append(decoder.step())
-        generated = torch.stack(new, 1).tolist()
-        _store(results, batch, generated, stop_ids, progress)
+    with decode_attention_on(model):
+        for batch in _by_length(prompts, batch_size):
+            input_ids, attention_mask = left_pad([prompts[i] for i in batch], pad_id, device)
+            slots = -(-(input_ids.shape[1] + max_new_tokens - 1) // CACHE_ALIGN) * CACHE_ALIGN
+            if decoder is None or (decoder.rows, decoder.slots) != (len(batch), slots):
+                decoder = None  # free the previous cache and graph before allocating the next
+                decoder = _Decoder(model, len(batch), slots, pad_id, stop_ids, cuda_graph, stats)
+            new = [decoder.prefill(input_ids, attention_mask)]
+            for step in range(1, max_new_tokens):
+                if step % DONE_EVERY == 0 and decoder.done.all():
+                    break
+                new.append(decoder.step())
+            generated = torch.stack(new, 1).tolist()
+            _store(results, batch, generated, stop_ids, progress)
     progress.close()
     return results
 
