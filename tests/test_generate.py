@@ -66,6 +66,37 @@ def test_packed_prefill_decodes_what_generate_decodes(model, prompts, reference,
     assert fast_greedy_ids(model, prompts, MAX_NEW, batch_size, tokenizer.pad_token_id) == reference
 
 
+FAMILIES = ["llama", "qwen2", "qwen3", "mistral"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fast_path_serves_other_families(family, monkeypatch):
+    """Llama, Qwen2 (sliding layers after the first), Qwen3 and Mistral (every layer sliding), tiny and
+    random: the fast path, padded and packed prefill, gives generate's tokens."""
+    from test_attention import reference_varlen
+    from tiny import tiny_family_config
+    from transformers import AutoModelForCausalLM
+
+    import peftbench.generate as generation_module
+    from peftbench import attention
+    from peftbench.generate import layer_kinds
+
+    config = tiny_family_config(family, 512)
+    torch.manual_seed(0)
+    family_model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    assert supports_fast_path(family_model)
+    if family in ("qwen2", "mistral"):
+        assert "sliding_attention" in layer_kinds(family_model.config)
+    generator = torch.Generator().manual_seed(1)
+    lengths = (3, 9, 17, 30, 41)  # beyond the window of 16
+    family_prompts = [[2] + torch.randint(8, 512, (n,), generator=generator).tolist() for n in lengths]
+    expected = [plain_greedy_ids(family_model, [p], MAX_NEW, 1, 0)[0] for p in family_prompts]
+    assert fast_greedy_ids(family_model, family_prompts, MAX_NEW, 3, 0) == expected
+    monkeypatch.setattr(generation_module, "packs_prompts", lambda model: True)
+    monkeypatch.setattr(attention, "varlen_kernel", reference_varlen)
+    assert fast_greedy_ids(family_model, family_prompts, MAX_NEW, 3, 0) == expected
+
+
 def test_sliding_layers_keep_only_their_window(model, prompts, tokenizer):
     """Every batch's cache is longer than the window, so the sliding layers decode from their ring."""
     from peftbench.generate import _Decoder
@@ -169,6 +200,23 @@ def test_an_unmerged_adapter_decodes_on_the_plain_path_with_batch_size_zero(mode
         assert automatic == greedy_answers(unmerged, tokenizer, prompts[:4], 8, 2, "cpu")
     finally:
         unmerged.unload()  # the module-scoped model, as it was
+
+
+@needs_cuda
+@pytest.mark.parametrize("family", FAMILIES)
+def test_graph_replays_of_other_families_decode_what_generate_decodes(family):
+    from tiny import tiny_family_config
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        family_model = AutoModelForCausalLM.from_config(tiny_family_config(family, 512), dtype=torch.float32).eval()
+    generator = torch.Generator().manual_seed(1)
+    family_prompts = [[2] + torch.randint(8, 512, (n,), generator=generator).tolist() for n in (3, 9, 17, 30, 41)]
+    stats = {}
+    graphed = fast_greedy_ids(family_model, family_prompts, MAX_NEW, 3, 0, stats=stats)
+    assert stats["graphs"] >= 1
+    assert graphed == plain_greedy_ids(family_model, family_prompts, MAX_NEW, 3, 0)
 
 
 @needs_cuda

@@ -43,6 +43,25 @@ def tiny_config(vocab_size):
     )
 
 
+def tiny_family_config(family, vocab_size):
+    """A tiny random config of another decoder family: llama, qwen2 (sliding layers after the first),
+    qwen3, mistral (every layer sliding). Windows of 16 tokens, so short prompts exercise them."""
+    import transformers
+
+    common = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, pad_token_id=0,
+                  eos_token_id=1, bos_token_id=2, tie_word_embeddings=False)
+    if family == "llama":
+        return transformers.LlamaConfig(**common)
+    if family == "qwen2":
+        return transformers.Qwen2Config(**common, use_sliding_window=True, sliding_window=16, max_window_layers=1)
+    if family == "qwen3":
+        return transformers.Qwen3Config(**common, head_dim=16)
+    if family == "mistral":
+        return transformers.MistralConfig(**common, sliding_window=16)
+    raise ValueError(family)
+
+
 def make_tiny_model(folder):
     """Save a random tiny Gemma 3 and its tokenizer into folder (a Hugging Face model folder)."""
     from transformers import Gemma3ForCausalLM

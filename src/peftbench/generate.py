@@ -144,13 +144,28 @@ DECODE_ATTENTION = "peftbench_decode"
 DECODE_KERNELS = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
+def layer_kinds(config):
+    """Each decoder layer's attention, as transformers names it: its config's layer_types where it has them
+    (Gemma 3, Qwen2/3), else every layer sliding if the config has a window (Mistral), else full (Llama)."""
+    kinds = getattr(config, "layer_types", None)
+    if kinds:
+        return list(kinds)
+    kind = "sliding_attention" if getattr(config, "sliding_window", None) else "full_attention"
+    return [kind] * config.num_hidden_layers
+
+
 def supports_fast_path(model):
+    """Whether the fast decoder serves this model: a decoder-only causal LM whose attention layers go through
+    transformers' attention interface (so decode_attention can stand in), with full or sliding-window
+    attention and no attention logit softcapping. Anything else decodes with model.generate."""
     config = model.config
     return (
         not hasattr(model, "peft_config")  # an adapter peft cannot merge runs through its own forward
-        and config.model_type == "gemma3_text"  # a model whose forward takes a {layer type: 4D mask} mapping
+        and not getattr(config, "is_encoder_decoder", False)
+        and getattr(model, "_supports_attention_backend", False)
+        and hasattr(model, "model") and hasattr(model, "lm_head")
         and not getattr(config, "attn_logit_softcapping", None)
-        and set(config.layer_types) <= FAST_LAYER_TYPES
+        and set(layer_kinds(config)) <= FAST_LAYER_TYPES
     )
 
 
@@ -171,13 +186,15 @@ def attention_masks(config, valid, query_slots):
     # A padding query sees itself, so no row is fully masked (sdpa could return NaN there); no real token
     # ever looks at a padding slot, so this changes nothing that is kept.
     seen = seen | (slots == query)
-    return {"full_attention": seen, "sliding_attention": seen & (slots > query - config.sliding_window)}
+    window = getattr(config, "sliding_window", None)
+    return {"full_attention": seen, "sliding_attention": seen & (slots > query - window) if window else seen}
 
 
 def decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None,
                      decoder=None, **kwargs):
     """transformers' attention interface (query (rows, heads, tokens, head_dim); returns (rows, tokens, heads,
-    head_dim)) over the _Decoder's own cache: this layer's new keys and values are stored first.
+    head_dim)) over the _Decoder's own cache: this layer's new keys and values are stored first. The mask is
+    the decoder's for this layer's kind (transformers builds none for an implementation it does not know).
 
     A decode step has one query per head, and the query heads of a group share one key/value head: the
     group becomes the query axis, so each row's cached keys and values are read once, where transformers'
@@ -189,6 +206,7 @@ def decode_attention(module, query, key, value, attention_mask, scaling=None, dr
         decoder.store(module.layer_idx, key, value)
         return attention.varlen_attention_forward(module, query, key, value, None, scaling=scaling, **kwargs)
     key, value = decoder.store(module.layer_idx, key, value)
+    attention_mask = decoder.masks[decoder.kinds[module.layer_idx]]
     groups = heads // key.shape[1]
     if tokens == 1:
         with sdpa_kernel(DECODE_KERNELS):
@@ -203,25 +221,22 @@ def decode_attention(module, query, key, value, attention_mask, scaling=None, dr
 
 @contextlib.contextmanager
 def decode_attention_on(model):
-    """While inside, the model's attention layers call decode_attention and its Gemma norms run fused;
+    """While inside, the model's attention layers call decode_attention and its RMSNorms run fused;
     afterwards the model is as it was."""
     from transformers import AttentionInterface
 
     AttentionInterface.register(DECODE_ATTENTION, decode_attention)
     before = model.config._attn_implementation
     model.set_attn_implementation(DECODE_ATTENTION)
-    norms = [m for m in model.modules() if type(m).__name__ in GEMMA_NORMS and "forward" not in vars(m)]
+    norms = [m for m in model.modules() if type(m).__name__ in FUSED_NORMS and "forward" not in vars(m)]
     for norm in norms:
-        norm.forward = _fused_gemma_norm(norm)
+        norm.forward = FUSED_NORMS[type(norm).__name__](norm)
     try:
         yield
     finally:
         model.set_attn_implementation(before)
         for norm in norms:
             del norm.forward
-
-
-GEMMA_NORMS = {"Gemma3RMSNorm"}
 
 
 def _fused_gemma_norm(norm):
@@ -234,6 +249,21 @@ def _fused_gemma_norm(norm):
         return F.rms_norm(x.float(), scale.shape, scale, norm.eps).type_as(x)
 
     return forward
+
+
+def _fused_llama_norm(norm):
+    """Llama's RMSNorm (and Qwen's, Mistral's): x / rms(x) in float32, cast back, times the weight."""
+    shape = norm.weight.shape
+
+    def forward(x):
+        return norm.weight * F.rms_norm(x.float(), shape, None, norm.variance_epsilon).to(x.dtype)
+
+    return forward
+
+
+FUSED_NORMS = {"Gemma3RMSNorm": _fused_gemma_norm, "LlamaRMSNorm": _fused_llama_norm,
+               "Qwen2RMSNorm": _fused_llama_norm, "Qwen3RMSNorm": _fused_llama_norm,
+               "MistralRMSNorm": _fused_llama_norm}
 
 
 class _Decoder:
@@ -249,10 +279,12 @@ class _Decoder:
         self.model, self.config, self.pad_id = model, model.config, pad_id
         self.rows, self.slots, device = rows, slots, model.device
         config, dtype = self.config, model.dtype
-        window = config.sliding_window if "sliding_attention" in config.layer_types else None
+        self.kinds = layer_kinds(config)
+        window = getattr(config, "sliding_window", None) if "sliding_attention" in self.kinds else None
         self.ring = window if window and window < slots else None
-        shape = lambda length: (rows, config.num_key_value_heads, length, config.head_dim)  # noqa: E731
-        self.sliding = [kind == "sliding_attention" and self.ring is not None for kind in config.layer_types]
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        shape = lambda length: (rows, config.num_key_value_heads, length, head_dim)  # noqa: E731
+        self.sliding = [kind == "sliding_attention" and self.ring is not None for kind in self.kinds]
         self.keys = [torch.zeros(shape(self.ring if ring else slots), dtype=dtype, device=device)
                      for ring in self.sliding]
         self.values = [torch.zeros_like(k) for k in self.keys]
@@ -266,6 +298,7 @@ class _Decoder:
         self.use_graph = use_graph and device.type == "cuda"
         self.graph, self.warm, self.stats = None, 0, stats
         self.packed = self.packed_ring = None  # during a packed prefill: where its tokens go in the cache
+        self.masks = None  # {layer kind: bool mask} of the forward under way
 
     def store(self, layer, key, value):
         """Write this layer's new keys and values into the cache; return what its queries attend over."""
@@ -293,9 +326,10 @@ class _Decoder:
         return self.keys[layer], self.values[layer]
 
     def _hidden(self, input_ids, masks, position_ids, **packing):
-        """The model's layers with our attention and cache."""
-        return self.model.model(input_ids=input_ids, attention_mask=masks, position_ids=position_ids,
-                                use_cache=False, decoder=self, **packing).last_hidden_state
+        """The model's layers with our attention, cache and masks."""
+        self.masks = masks
+        return self.model.model(input_ids=input_ids, position_ids=position_ids, use_cache=False, decoder=self,
+                                **packing).last_hidden_state
 
     def _logits(self, last_hidden):
         """Logits of the given positions (rows, 1, hidden), contiguous: a strided slice sends frozen CPU
@@ -335,8 +369,7 @@ class _Decoder:
             lengths = attention_mask.sum(-1)
             offsets = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
             try:
-                hidden = self._hidden(input_ids[real][None], dict.fromkeys(self.config.layer_types),
-                                      position_ids[real][None], cu_seq_lens_q=offsets,
+                hidden = self._hidden(input_ids[real][None], None, position_ids[real][None], cu_seq_lens_q=offsets,
                                       max_length_q=attention.length_bound(lengths.tolist()))
             finally:
                 self.packed = None
