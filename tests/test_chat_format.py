@@ -92,3 +92,12 @@ def test_a_model_without_a_template_is_refused_in_one_line_naming_the_fix():
 def test_an_unknown_template_setting_is_refused_in_one_line():
     with pytest.raises(UserError, match="fix model.chat_template"):
         resolve_template("llama9")
+
+
+def test_a_template_that_folds_the_system_turn_itself_says_so():
+    """Gemma's template writes a system turn into the first user turn: the report must not say it was kept."""
+    fmt = ChatFormat(gemma_tokenizer())
+    assert fmt.system_role == "folded"
+    assert ChatFormat(chatml_tokenizer()).system_role == "kept"
+    messages = [{"role": "system", "content": "Be brief."}] + CONVERSATIONS[0]
+    assert fmt.encode_chat(messages) == hand_written_gemma(fmt.tokenizer, fmt.prepare(messages))

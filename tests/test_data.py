@@ -3,6 +3,7 @@ import hashlib
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -60,12 +61,21 @@ def test_bad_rows_are_dropped_with_a_reason(row, fmt, reason):
     assert normalize(row, fmt) == (None, reason)
 
 
-def test_system_message_merges_into_first_user_turn_and_trailing_question_is_cut():
+def test_a_system_turn_is_kept_as_a_turn_and_a_trailing_question_is_cut():
     row = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q1"},
                         {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"}]}
     messages, reason = normalize(row, "messages")
     assert reason is None
-    assert messages == [{"role": "user", "content": "Be brief.\n\nQ1"}, {"role": "assistant", "content": "A1"}]
+    assert messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q1"},
+                        {"role": "assistant", "content": "A1"}]
+    empty = {"messages": [{"role": "system", "content": " "}, *row["messages"][1:3]]}
+    assert normalize(empty, "messages") == (messages[1:], None)
+
+
+def test_the_data_format_version_is_a_param_of_the_data_rules():
+    """A peftbench that writes data rows differently bumps FORMAT_VERSION: cached data is prepared again."""
+    rules = (Path(__file__).resolve().parents[1] / "workflow" / "rules" / "data.smk").read_text()
+    assert rules.count("data_format=DATA_FORMAT_VERSION") == 2
 
 
 def test_alpaca_input_joins_the_instruction():
@@ -217,8 +227,8 @@ def test_study_sources_load_through_the_hub_code_path(tmp_path, model_dir, study
         n: {"train": 6, "validation": 1, "test": 3} for n in ("alpaca", "tulu", "ultrachat")}
     assert manifest["sources"]["tulu"]["dropped"] == {"turns out of order": 1}
     rows = [json.loads(line) for line in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
-    tulu_first = next(r for r in rows if r["source"] == "tulu")["messages"][0]
-    assert tulu_first["role"] == "user" and tulu_first["content"].startswith("Be brief.\n\nQuestion")
+    tulu_first = next(r for r in rows if r["source"] == "tulu")["messages"][:2]
+    assert tulu_first[0] == {"role": "system", "content": "Be brief."} and tulu_first[1]["role"] == "user"
     assert all(s["revision"] == "main" for s in manifest["sources"].values())  # local folders: as configured
 
 

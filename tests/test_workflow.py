@@ -312,3 +312,32 @@ def test_every_listed_peft_method_runs_through_the_workflow(tmp_path, model_dir)
         metrics = json.loads((results / name / "seed0" / "trained" / "train_metrics.json").read_text())
         assert metrics["kind"] == settings["kind"] and metrics["steps"] == 3 and metrics["trainable_params"] > 0
         assert json.loads((results / name / "seed0" / "scores.json").read_text())["n"] == 9
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_other_families_run_the_whole_dag_with_every_kind(tmp_path, model_dir, family):
+    """A tiny random Llama (no padding token, a system header in every conversation) and Qwen2 (ChatML,
+    sliding layers), each with its family's turn format: every kind trains, generates and is scored, the
+    answers trained and stopped at are the family's own end of turn."""
+    from tiny import make_tiny_model
+
+    hf = make_tiny_model(tmp_path / f"tiny-{family}", family)
+    methods = ["base", "lora", "qlora", "galore", "hybrid", "full"]
+    config = overlay(tmp_path, model_dir, model={"source": "local", "path": str(hf)}, compare=methods,
+                     seeds=[0], variants={"galore": {"rank": 8}, "hybrid": {"rank": 8}, "full": {"lr": 1.0e-4}},
+                     generation={"max_new_tokens": 6, "batch_size": 4})
+    snakemake("--configfile", str(config))
+    results = tmp_path / "results"
+    info = json.loads((results / "model" / "model.json").read_text())
+    end_of_turn = {"llama": "<|eot_id|>", "qwen2": "<|im_end|>"}[family]
+    assert info["format"]["end_of_turn"] == end_of_turn and end_of_turn in info["format"]["turn_tokens"]
+    report = (results / "report.md").read_text()
+    assert f"an answer ends at `{end_of_turn}`, where generation stops" in report
+    assert f"the chat template's turn tokens: {', '.join(info['format']['turn_tokens'])}" in report
+    for method in methods:
+        run = results / method if method == "base" else results / method / "seed0"
+        assert re.search(rf"^\| {method} +\|", report, re.M), method
+        assert json.loads((run / "scores.json").read_text())["n"] == 9
+        if method != "base":
+            metrics = json.loads((run / "trained" / "train_metrics.json").read_text())
+            assert metrics["steps"] > 0 and metrics["trainable_params"] > 0

@@ -60,18 +60,25 @@ class ChatFormat:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _system_role(self):
+        """kept: the template renders a system turn; folded: it refuses one (prepare folds it), or folds it
+        into the first user turn itself (Gemma's)."""
         probe = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": PROBE_USER}]
         try:
-            self._render(probe, generation_prompt=True)
+            rendered = self._render(probe, generation_prompt=True)
         except Exception:  # templates refuse with raise_exception (a jinja2 error) or a TemplateError
             return "folded"
-        return "kept"
+        folded = self._render(self._fold(probe), generation_prompt=True)
+        return "folded" if rendered == folded else "kept"
 
     def prepare(self, messages):
         """The conversation as the template takes it: a system turn folded into the first user turn where the
         template refuses system turns (said in the report: format.system_role)."""
         if self.system_role == "kept" or not messages or messages[0]["role"] != "system":
             return messages
+        return self._fold(messages)
+
+    @staticmethod
+    def _fold(messages):
         system, rest = messages[0]["content"], list(messages[1:])
         if rest and rest[0]["role"] == "user":
             rest[0] = {"role": "user", "content": f"{system}\n\n{rest[0]['content']}"}

@@ -26,6 +26,9 @@ from peftbench.model import load_tokenizer
 
 log = logging.getLogger(__name__)
 ROLES = ("user", "assistant")
+# The data step's row format: bumped whenever prepare_data writes rows differently, so cached data made by an
+# older peftbench is prepared again (the rules pass it as a param). 2: system turns kept as turns.
+FORMAT_VERSION = 2
 
 
 # ----------------------------------------------------------------------------- loading
@@ -167,17 +170,17 @@ def normalize(row: dict, fmt: str):
                for m in messages):
         return None, "non-string content"
     messages = [{"role": m["role"], "content": m["content"].strip()} for m in messages]
-    # Gemma has no system role: the system text opens the first user turn.
-    if messages[0]["role"] == "system":
-        system, messages = messages[0]["content"], messages[1:]
-        if messages and messages[0]["role"] == "user" and system:
-            messages[0] = {"role": "user", "content": f"{system}\n\n{messages[0]['content']}"}
-    if not messages or [m["role"] for m in messages] != [ROLES[i % 2] for i in range(len(messages))]:
+    # A system turn stays a turn of its own: the model's chat format keeps it, or folds it into the first
+    # user turn where the template has no system role (chat_format.ChatFormat.prepare). An empty one says nothing.
+    system = [messages[0]] if messages[0]["role"] == "system" and messages[0]["content"] else []
+    turns = messages[1:] if messages[0]["role"] == "system" else messages
+    if not turns or [m["role"] for m in turns] != [ROLES[i % 2] for i in range(len(turns))]:
         return None, "turns out of order"
-    if messages[-1]["role"] != "assistant":
-        messages = messages[:-1]  # a trailing unanswered question teaches nothing
-        if not messages:
+    if turns[-1]["role"] != "assistant":
+        turns = turns[:-1]  # a trailing unanswered question teaches nothing
+        if not turns:
             return None, "turns out of order"
+    messages = system + turns
     if any(not m["content"] for m in messages if m["role"] == "assistant"):
         return None, "empty response"
     if any(not m["content"] for m in messages if m["role"] == "user"):
@@ -281,7 +284,9 @@ def prepare_data(data_cfg: dict, model_dir, out_dir, seed=0, splits=SPLITS) -> d
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     rows = {split: [] for split in SPLITS}
-    manifest = {"seed": seed, "max_length": data_cfg["max_length"], "sources": {}}
+    manifest = {"seed": seed, "max_length": data_cfg["max_length"], "sources": {},
+                # how conversations became tokens (the report says it): prepare_model's reading of the template
+                "chat_format": read_json(Path(model_dir) / "model.json").get("format")}
     max_length = data_cfg["max_length"]
     # beside out_dir, not in it: a failed step leaves no output folder behind
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}-downloads-", dir=out_dir.parent) as downloads:
@@ -348,6 +353,7 @@ def prepare_data(data_cfg: dict, model_dir, out_dir, seed=0, splits=SPLITS) -> d
                         "share examples; remove one of them from data.sources")
     manifest_path = out_dir / "manifest.json"
     if "train" in splits:
+        manifest["system_turns"] = sum(r["messages"][0]["role"] == "system" for r in rows["train"] + rows["validation"])
         (out_dir / "test.jsonl").unlink(missing_ok=True)  # drawn from the data that is being replaced
         manifest["test_sha256"] = jsonl_sha256(rows["test"])
         manifest["files"] = {}

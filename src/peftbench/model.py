@@ -180,6 +180,8 @@ def load_tokenizer(model_dir, path=None):
     template = Path(model_dir) / CHAT_TEMPLATE
     if template.is_file():
         tokenizer.chat_template = template.read_text()
+    if tokenizer.pad_token is None:  # Llama 3's tokenizers have none; padding is never attended to or trained
+        tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 

@@ -928,11 +928,12 @@ def build_report(config, comparison, metrics, manifest, benchmarks, out_path, se
         "**Fairness:** every trained method sees the same batches in the same order (one seeded "
         "permutation per epoch, grouped by length within windows of 8 batches), the same epochs, batch size "
         "and maximum length, and trains the same "
-        f"turn-token embedding rows ({_turn_tokens_text(training['trainable_tokens'])}) so that it can learn "
-        "to end its turn (peft trains them beside LoRA adapters, peftbench beside other peft methods' "
+        f"turn-token embedding rows ({_turn_tokens_text(training['trainable_tokens'], manifest)}) so that it can "
+        "learn to end its turn (peft trains them beside LoRA adapters, peftbench beside other peft methods' "
         "adapters; full fine-tuning trains the whole embedding, these rows included, at its own learning "
         "rate). The loss covers the assistant's answers only.",
         "",
+        *_chat_format_lines(manifest),
         f"**Seeds:** the data sample is drawn once (config `seed: {config['seed']}`) and is the same for every "
         f"training seed; a training seed ({seeds}) sets the batch order and the initialization of adapters, "
         "and every method uses the same seeds.",
@@ -993,8 +994,27 @@ def _compute_dtype(metrics):
     return ", ".join(sorted(dtypes)) or "n/a"
 
 
-def _turn_tokens_text(tokens):
-    return "the chat template's turn tokens" if tokens == "auto" else ", ".join(tokens) or "none"
+def _turn_tokens_text(tokens, manifest=None):
+    if tokens == "auto":
+        found = ((manifest or {}).get("chat_format") or {}).get("turn_tokens")
+        return f"the chat template's turn tokens: {', '.join(found)}" if found else "the chat template's turn tokens"
+    return ", ".join(tokens) or "none"
+
+
+def _chat_format_lines(manifest):
+    """How conversations became tokens: the model's chat template, where answers end, what became of system
+    turns (kept, or folded into the first user turn where the template has no system role)."""
+    fmt = (manifest or {}).get("chat_format")
+    if not fmt:
+        return []
+    systems = manifest.get("system_turns", 0)
+    system = ("" if not systems else
+              f" {systems} training conversations open with a system turn, kept as the template's system turn."
+              if fmt["system_role"] == "kept" else
+              f" {systems} training conversations open with a system turn; the template has no system role, so "
+              "it was folded into the first user turn.")
+    return [f"**Chat format:** conversations are rendered with the model's own chat template; an answer ends "
+            f"at `{fmt['end_of_turn']}`, where generation stops.{system}", ""]
 
 
 def _compute_note(metrics):

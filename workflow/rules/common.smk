@@ -4,6 +4,7 @@ import re
 import sys
 
 from peftbench.config import validate_config
+from peftbench.data import FORMAT_VERSION as DATA_FORMAT_VERSION
 from peftbench.inputs import builtin_data_version, data_files, embedded_model_version, general_text_files, model_files
 from peftbench.methods import find_kind
 from peftbench.errors import UserError

@@ -9,6 +9,7 @@ rule prepare_data:
     params:
         data=as_json(config["data"]),
         builtin_version=as_json(builtin_data_version(config["data"])),
+        data_format=DATA_FORMAT_VERSION,
         seed=config["seed"],
         out_dir=lambda wildcards, output: os.path.dirname(output.train),
     conda:
@@ -40,6 +41,7 @@ rule prepare_test:
     params:
         data=as_json(config["data"]),
         builtin_version=as_json(builtin_data_version(config["data"])),
+        data_format=DATA_FORMAT_VERSION,
         seed=config["seed"],
         out_dir=lambda wildcards, output: os.path.dirname(output[0]),
     conda:
