@@ -34,6 +34,9 @@ Where each bad input is tested:
 | CUDA out of memory in generation | `... lower generation.batch_size ... or generation.max_new_tokens` | test_out_of_memory_in_generation_names_the_fix |
 | checkpoint folder from another config | warning, stale checkpoints removed, training starts afresh | test_checkpoint.py::test_checkpoints_of_other_settings_are_removed, test_checkpoint_copied_from_another_config_is_ignored |
 | corrupted checkpoint | warning, resumes from the one before or from scratch | test_checkpoint.py::test_corrupted_checkpoint_falls_back_to_the_one_before, test_unreadable_checkpoints_restart_from_scratch |
+| a model without a chat template (a base model) | `X has no chat template: set model.chat_template to a built-in (gemma) or a .jinja file`, at prepare_model, no model folder | test_a_chat_template_that_cannot_be_trained_on_stops_prepare_model |
+| a chat template whose earlier turns change when a turn is added; one that ends answers with no special token | `X's chat template re-renders a conversation differently once the answer is added: set model.chat_template to a template whose turns only append` / `... ends an answer with no special token: ...`, at prepare_model, no model folder | test_a_chat_template_that_cannot_be_trained_on_stops_prepare_model |
+| an unknown `model.chat_template` (neither a built-in name nor a .jinja file) | `model.chat_template 'llama9' is neither a built-in template (gemma) nor a .jinja file: fix model.chat_template` | test_chat_format.py::test_an_unknown_template_setting_is_refused_in_one_line |
 | HF token | never in any log, output or message | test_kill_resume.py::test_hf_token_never_written, test_hub_model_errors_name_the_fix, test_hf_token_is_not_printed_when_the_hub_fails |
 """
 import importlib
@@ -323,3 +326,34 @@ def test_out_of_memory_in_generation_names_the_fix(model_dir, tmp_path, monkeypa
     assert str(error.value) == ("CUDA out of memory generating prompts 0-2: lower generation.batch_size "
                                 "(0 sizes it from free memory) or generation.max_new_tokens")
     assert not (tmp_path / "generations.jsonl").exists()
+
+
+# a template whose first line counts the turns (earlier text changes as turns are added), and one that ends an
+# answer with plain text: neither can give each answer's tokens by rendering turn by turn
+COUNTING = ("{{- messages | length }} turns\n{%- for m in messages -%}{{- m['role'] + ': ' + m['content'] + '<end_of_turn>' -}}"
+            "{%- endfor -%}{%- if add_generation_prompt -%}{{- 'model: ' -}}{%- endif -%}")
+PLAIN_END = ("{%- for m in messages -%}{{- m['role'] + ': ' + m['content'] + ' END ' -}}{%- endfor -%}"
+             "{%- if add_generation_prompt -%}{{- 'assistant: ' -}}{%- endif -%}")
+
+
+@pytest.mark.parametrize("template, message", [
+    (None, "has no chat template: set model.chat_template to a built-in (gemma) or a .jinja file"),
+    (COUNTING, "'s chat template renders a conversation differently once the answer is added: set "
+               "model.chat_template to a template whose turns only append"),
+    (PLAIN_END, "'s chat template ends an answer with no special token: set model.chat_template to one that "
+                "closes each turn with one"),
+])
+def test_a_chat_template_that_cannot_be_trained_on_stops_prepare_model(template, message, tmp_path, model_dir):
+    """Checked when the model is prepared, before any data is read: one line, no model folder."""
+    import shutil
+
+    folder = tmp_path / "copied-model"
+    shutil.copytree(json.loads((model_dir / "model.json").read_text())["path"], folder)
+    if template is None:
+        (folder / "chat_template.jinja").unlink()
+    else:
+        (folder / "chat_template.jinja").write_text(template)
+    with pytest.raises(UserError) as error:
+        prepare_model({"source": "local", "path": str(folder), "dtype": "bfloat16"}, tmp_path / "model")
+    assert str(error.value) == f"{folder}{' ' if template is None else ''}{message}"
+    assert not (tmp_path / "model").exists()

@@ -16,6 +16,7 @@ differently in the last bits from one process to the next, even between two unin
 7e-12 to 1.5e-8 on weights of about 0.05). That resuming itself loses nothing, bit for bit,
 is tests/test_checkpoint.py's proof, in one process, for every method.
 A fake HF token is planted in both runs' environment, and no output, log or message may contain it.
+Another model family (a tiny Llama) is killed in training and in generation too, and resumes alike.
 """
 import base64
 import json
@@ -359,3 +360,40 @@ def test_a_killed_sweep_resumes_to_the_same_choice_and_weights(tmp_path, model_d
     assert not [n for n in ref if (out[n] - ref[n]).abs().max() > ROUNDING * ref[n].abs().max()]
     for name in ("generations.jsonl", "scores.json"):
         assert (results / "lora/seed0" / name).read_bytes() == (reference / "lora/seed0" / name).read_bytes()
+
+
+def test_a_llama_run_killed_in_training_and_in_generation_resumes_to_the_same_results(tmp_path_factory):
+    """Another model family (tiny Llama: its own turn format, no padding token): LoRA killed at a random
+    checkpoint step, then a generation killed after a random chunk; the rerun equals an uninterrupted run."""
+    from tiny import make_model_dir
+
+    llama = make_model_dir(tmp_path_factory.mktemp("llama-model"), "llama")
+    configs = {}
+    for name in ("reference", "killed"):
+        tmp_path = tmp_path_factory.mktemp(f"llama-{name}")
+        configs[name] = workflow_overlay(
+            tmp_path, llama, seeds=[0], compare=["base", "lora"], variants={},
+            training={"epochs": 1, "batch_size": 4, "log_every": 1, "checkpoint_every": 1},
+            generation={"max_new_tokens": 16, "batch_size": 1, "chunk_prompts": CHUNK_PROMPTS},
+            threads=4, gpu_per_step=1)
+    snakemake(configs["reference"])
+    tmp_path = Path(configs["killed"]).parent
+    results, log_path, rng = tmp_path / "results", tmp_path / "snakemake.log", random.Random()
+    step, chunk = rng.randint(1, STEPS - 2), rng.randint(1, PROMPTS - 2)
+    plans = [{"train": {"lora": step}}, {"generate": {"run": "lora/seed0", "first": (chunk - 1) * CHUNK_PROMPTS}}]
+    for number, plan in enumerate(plans):
+        stop_dir = tmp_path / f"stop-{number}"
+        env = stopping_environment(tmp_path / "hook", stop_dir, results, **plan)
+        [marker] = run_until(configs["killed"], log_path, stop_dir, env)
+        assert marker["kind"] == next(iter(plan)), marker
+    snakemake(configs["killed"], "--unlock")
+    snakemake(configs["killed"], "--rerun-incomplete")
+    reference = Path(configs["reference"]).parent / "results"
+    for method in ("base", "lora"):
+        for name in ("generations.jsonl", "scores.json"):
+            assert (results / run(method) / name).read_bytes() == (reference / run(method) / name).read_bytes()
+    ref, out = (trained_tensors(root / "lora" / "seed0" / "trained") for root in (reference, results))
+    assert ref.keys() == out.keys() and ref
+    assert all((out[k] - ref[k]).abs().max() <= ROUNDING * ref[k].abs().max() for k in ref)
+    metrics = json.loads((results / "lora" / "seed0" / "trained" / "train_metrics.json").read_text())
+    assert metrics["resumed_at_steps"] and metrics["resumed_at_steps"][0] >= step

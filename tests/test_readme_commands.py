@@ -136,3 +136,21 @@ def test_the_readme_one_target_demo_command_runs_as_written(tmp_path, model_dir)
     assert json.loads(target.read_text())["n"] == 6
     assert not (tmp_path / "results" / "demo" / "report.md").exists()
     assert not (tmp_path / "results" / "demo" / "lora").exists()  # only what the target needs
+
+
+@pytest.mark.parametrize("model_id", ["meta-llama/Llama-3.2-1B-Instruct", "Qwen/Qwen2.5-0.5B-Instruct"])
+def test_changing_the_model_id_is_the_only_edit_another_family_needs(model_id, workflow_copy):
+    """config.yaml with only model.id changed plans the same study as with Gemma: every job, nothing else."""
+    def plan(config):
+        result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", config],
+                                cwd=workflow_copy, capture_output=True, text=True)
+        log = result.stdout + result.stderr
+        assert result.returncode == 0, log[-3000:]
+        return sorted(o for line in re.findall(r"^\s*output: (.+)$", log, re.M) for o in line.split(", "))
+
+    text = (workflow_copy / "config.yaml").read_text()
+    edited = re.sub(r"^(  id: )google/gemma-3-1b-it", rf"\g<1>{model_id}", text, count=1, flags=re.M)
+    assert edited != text
+    (workflow_copy / "config-other.yaml").write_text(edited)
+    study = plan("config.yaml")
+    assert len(study) > 100 and plan("config-other.yaml") == study
