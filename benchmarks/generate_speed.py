@@ -8,8 +8,9 @@ In one process, on one model, greedy, --new-tokens (256) new tokens per prompt:
                    --plain-probe batches picks it, then it is measured like every other path);
   static_compiled  model.generate(do_sample=False, cache_implementation="static"): transformers compiles its
                    decoding step; at each of --static-batches (the best is kept);
-  peftbench        peftbench.generate.fast_greedy_ids (static KV cache, one CUDA graph per decode step) at
-                   --batch (512, the workflow's cap) and at every batch another path uses.
+  peftbench        peftbench.generate.fast_greedy_ids (its own KV cache and decode attention, a packed
+                   prefill, one CUDA graph per decode step) at --batch (512, the workflow's cap) and at
+                   every batch another path uses.
 Every path decodes one left-padded batch: the first `batch` prompts of one seeded list (sources interleaved),
 so paths at the same batch decode the same prompts, and a smaller batch's prompts are a prefix of a larger's.
 Every path is warmed the same way: one untimed pass (the same call, full length: compilation and graph
