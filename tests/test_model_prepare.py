@@ -39,3 +39,21 @@ def test_the_reader_is_restored_when_the_block_fails(tmp_path):
     except RuntimeError:
         pass
     assert gguf.GGUFReader is original
+
+
+def test_the_embedded_source_checks_its_chat_format_on_the_converted_model(tmp_path, monkeypatch):
+    """The embedded model is converted into the step's temporary folder and gets the built-in Gemma template;
+    its format is read from there, before the folder is moved into place (the demo's first step)."""
+    import json
+    import shutil
+
+    import peftbench.model as model_module
+    from tiny import make_tiny_model
+
+    tiny = make_tiny_model(tmp_path / "tiny")
+    (tiny / "chat_template.jinja").unlink()  # as the GGUF's tokenizer: no template of its own
+    monkeypatch.setattr(model_module, "_convert_embedded_gguf", lambda out: shutil.copytree(tiny, out))
+    info = model_module.prepare_model({"source": "embedded", "id": "google/gemma-3-270m"}, tmp_path / "model")
+    assert info["path"] == str((tmp_path / "model" / "hf").resolve()) and info["chat_template"] == "gemma"
+    assert info["format"]["end_of_turn"] == "<end_of_turn>" and info["format"]["system_role"] == "folded"
+    assert json.loads((tmp_path / "model" / "model.json").read_text()) == info

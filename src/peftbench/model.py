@@ -160,8 +160,10 @@ def prepare_model(model_cfg: dict, out_dir) -> dict:
         if template:
             (tmp / CHAT_TEMPLATE).write_text(resolve_template(template))
             info["chat_template"] = template
-        # The model's chat format, checked before any data is encoded or any training starts.
-        fmt = ChatFormat(load_tokenizer(tmp, path), model_cfg.get("id") or path)
+        # The model's chat format, checked before any data is encoded or any training starts (the converted
+        # embedded model is still in tmp: `path` is where it will be once this step's output is complete).
+        fmt = ChatFormat(load_tokenizer(tmp, str(tmp / "hf") if source == "embedded" else path),
+                         model_cfg.get("id") or path)
         info["format"] = {"end_of_turn": fmt.tokenizer.convert_ids_to_tokens(fmt.end_of_turn_id),
                           "turn_tokens": fmt.turn_tokens, "system_role": fmt.system_role}
         write_json(tmp / "model.json", info)
