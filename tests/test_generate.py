@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from peftbench.chat import encode_prompt, end_of_turn_id
+from peftbench.chat import encode_prompt, end_of_turn_id, stop_ids
 from peftbench.generate import (
-    fast_greedy_ids, greedy_answers, plain_greedy_answers, plain_greedy_ids, stop_ids_of, supports_fast_path,
+    fast_greedy_ids, greedy_answers, plain_greedy_answers, plain_greedy_ids, supports_fast_path,
 )
 from peftbench.methods import METHODS
 from peftbench.trainable import load_for_eval
@@ -125,7 +125,7 @@ def test_graph_replays_decode_what_eager_steps_and_generate_decode(model_dir, pr
 def test_row_stops_at_end_of_turn(model, prompts, reference, tokenizer):
     """Make the model say <end_of_turn> wherever it would have said `swapped`: those rows stop there."""
     eot, swapped = end_of_turn_id(tokenizer), reference[-1][3]
-    stops = set(stop_ids_of(tokenizer)) | {swapped}
+    stops = set(stop_ids(tokenizer)) | {swapped}
     expected = [next((ids[:k] for k, t in enumerate(ids) if t in stops), ids) for ids in reference]
     assert sum(len(ids) < MAX_NEW for ids in expected) >= 1 and len(expected[-1]) <= 3
 
@@ -137,9 +137,9 @@ def test_row_stops_at_end_of_turn(model, prompts, reference, tokenizer):
 
     hook = model.lm_head.register_forward_hook(say_end_of_turn)
     try:
-        stop_ids = stop_ids_of(tokenizer)
-        assert fast_greedy_ids(model, prompts, MAX_NEW, 3, tokenizer.pad_token_id, stop_ids) == expected
-        assert plain_greedy_ids(model, prompts, MAX_NEW, 3, tokenizer.pad_token_id, stop_ids) == expected
+        ends = stop_ids(tokenizer)
+        assert fast_greedy_ids(model, prompts, MAX_NEW, 3, tokenizer.pad_token_id, ends) == expected
+        assert plain_greedy_ids(model, prompts, MAX_NEW, 3, tokenizer.pad_token_id, ends) == expected
         answers = greedy_answers(model, tokenizer, prompts, MAX_NEW, 4, "cpu")
         assert answers == plain_greedy_answers(model, tokenizer, prompts, MAX_NEW, 4, "cpu")
         assert answers[-1] == tokenizer.decode(expected[-1], skip_special_tokens=True).strip()

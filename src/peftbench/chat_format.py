@@ -45,6 +45,8 @@ class ChatFormat:
         self.template = tokenizer.chat_template
         self.model_name = model_name
         self.system_role = self._system_role()
+        self._probe = self._render([{"role": "user", "content": PROBE_USER},
+                                    {"role": "assistant", "content": PROBE_ANSWER}])  # one answered turn
         self.end_of_turn_id = self._end_of_turn_id()
         self.stop_ids = sorted({self.end_of_turn_id, tokenizer.eos_token_id} - {None})
         self.turn_tokens = self._turn_tokens()
@@ -52,9 +54,7 @@ class ChatFormat:
     # ------------------------------------------------------------------ rendering
 
     def _render(self, messages, generation_prompt=False):
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False,
-                                                  add_generation_prompt=generation_prompt)
-        return text
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
     def _ids(self, text):
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -88,8 +88,7 @@ class ChatFormat:
 
     def _end_of_turn_id(self):
         prompt = self._render([{"role": "user", "content": PROBE_USER}], generation_prompt=True)
-        full = self._render([{"role": "user", "content": PROBE_USER},
-                             {"role": "assistant", "content": PROBE_ANSWER}])
+        full = self._probe
         if not full.startswith(prompt):
             raise UserError(f"{self.model_name}'s chat template renders a conversation differently once the "
                             "answer is added: set model.chat_template to a template whose turns only append")
@@ -104,8 +103,7 @@ class ChatFormat:
 
     def _turn_tokens(self):
         """The special tokens the template writes around a turn (not BOS, EOS or padding): trainable rows."""
-        text = self._render([{"role": "user", "content": PROBE_USER},
-                             {"role": "assistant", "content": PROBE_ANSWER}])
+        text = self._probe
         skip = {self.tokenizer.bos_token_id, self.tokenizer.pad_token_id}
         # special added tokens only: some vocabularies add plain ones too (Gemma's runs of whitespace)
         special = {i for i, t in getattr(self.tokenizer, "added_tokens_decoder", {}).items() if t.special}

@@ -63,10 +63,6 @@ def cut_at_stop(ids, stop_ids):
     return next((ids[:k] for k, t in enumerate(ids) if t in stop_ids), ids)
 
 
-def stop_ids_of(tokenizer):
-    return stop_ids(tokenizer)
-
-
 def _by_length(prompts, batch_size):
     """Batches of prompt indices, longest first: similar lengths pad little, and the largest batch runs first."""
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
@@ -127,7 +123,7 @@ def plain_greedy_ids(model, prompts, max_new_tokens, batch_size, pad_id, stop_id
 def plain_greedy_answers(model, tokenizer, prompts, max_new_tokens, batch_size, device):
     """greedy_answers through model.generate (for comparison)."""
     ids = plain_greedy_ids(model, prompts, max_new_tokens, batch_size, tokenizer.pad_token_id,
-                           stop_ids_of(tokenizer), device)
+                           stop_ids(tokenizer), device)
     return decode_answers(tokenizer, ids)
 
 
@@ -175,18 +171,17 @@ def packs_prompts(model):
     return model.dtype in (torch.bfloat16, torch.float16) and attention.supported(model.device)
 
 
-def attention_masks(config, valid, query_slots):
+def attention_masks(valid, query_slots, window=None):
     """{layer type: bool mask [rows, 1, queries, slots]} for queries at cache slots query_slots over the slots
     of valid (valid[row, slot] is False where the slot holds left padding). The rule is transformers': a key
-    is seen if its slot is at or before the query's (and, on sliding layers, fewer than sliding_window slots
-    before it)."""
+    is seen if its slot is at or before the query's (and, on sliding layers, fewer than `window` slots
+    before it; None: no window to apply)."""
     slots = torch.arange(valid.shape[1], device=valid.device)
     query = query_slots[:, None]
     seen = valid[:, None, None, :] & (slots <= query)
     # A padding query sees itself, so no row is fully masked (sdpa could return NaN there); no real token
     # ever looks at a padding slot, so this changes nothing that is kept.
     seen = seen | (slots == query)
-    window = getattr(config, "sliding_window", None)
     return {"full_attention": seen, "sliding_attention": seen & (slots > query - window) if window else seen}
 
 
@@ -375,7 +370,8 @@ class _Decoder:
                 self.packed = None
             last = hidden[0, offsets[1:].long() - 1][:, None]
         else:
-            masks = attention_masks(self.config, self.valid[:, :width], torch.arange(width, device=input_ids.device))
+            masks = attention_masks(self.valid[:, :width], torch.arange(width, device=input_ids.device),
+                                    self.ring)  # a prompt longer than the window needs it within itself
             last = self._hidden(input_ids, masks, position_ids)[:, -1:].contiguous()
         self._pick(self._logits(last))
         self.position.copy_(position_ids[:, -1:] + 1)
@@ -384,7 +380,9 @@ class _Decoder:
 
     def _step(self):
         """Feed each row's last token at self.slot; everything reads and writes fixed buffers (graph-safe)."""
-        masks = attention_masks(self.config, self.valid, self.slot)
+        # No window term: sliding layers either keep a ring of exactly their window (its own mask below) or
+        # a cache no longer than the window, where the window hides nothing.
+        masks = attention_masks(self.valid, self.slot)
         if self.ring:  # the new token's ring slot holds a real token from now on
             self.ring_valid.index_fill_(1, self.slot % self.ring, True)
             masks["sliding_attention"] = self.ring_valid[:, None, None, :]
@@ -475,7 +473,7 @@ def greedy_answers(model, tokenizer, prompts, max_new_tokens, batch_size, device
     if not batch_size and ids_of is plain_greedy_ids:  # 0: as many as fit, which the fast path sizes itself
         longest = max(map(len, prompts)) + max_new_tokens
         batch_size = auto_batch_size(model, longest)
-    ids = ids_of(model, prompts, max_new_tokens, batch_size, tokenizer.pad_token_id, stop_ids_of(tokenizer), device)
+    ids = ids_of(model, prompts, max_new_tokens, batch_size, tokenizer.pad_token_id, stop_ids(tokenizer), device)
     return decode_answers(tokenizer, ids)
 
 
