@@ -1,7 +1,9 @@
-"""Evaluation generation speed at the gemma-3-1b-it shape: transformers' generate vs peftbench's fast path.
+"""Evaluation generation speed at a real model's shape: transformers' generate vs peftbench's fast path.
 
-No checkpoint reaches the GPU machine, so the model is the real architecture (Gemma3TextConfig with
-gemma-3-1b-it's values, below) with random bf16 weights: speed and memory do not depend on weight values.
+No checkpoint reaches the GPU machine, so the model is the real architecture with random bf16 weights: speed
+and memory do not depend on weight values. --shape: gemma-3-1b-it (Gemma3TextConfig with its values, below;
+the default), Llama-3.2-1B-Instruct or Qwen2.5-0.5B-Instruct (their hub config.json values, train_speed's
+SHAPES).
 In one process, on one model, greedy, --new-tokens (256) new tokens per prompt:
   plain            peftbench.generate.plain_greedy_ids: model.generate(do_sample=False), dynamic cache, at
                    batch 8 (what the workflow did) and at its best batch (plain_best: a short probe of
@@ -32,6 +34,7 @@ test prompts: lognormal with medians 40, 150 and 250 (sigma 0.6, 0.9, 0.8), clip
 token ids uniform in the upper seven eighths of the vocabulary, <bos> first.
 
   python benchmarks/generate_speed.py --out DIR          # on one GPU: generate.json, .md (and decode_profile.md)
+  python benchmarks/generate_speed.py --shape llama-3.2-1b --out DIR   # generate_llama.json, .md (qwen: _qwen)
   python benchmarks/generate_speed.py --tiny --out /tmp  # CPU smoke test on a tiny model
 """
 import argparse
@@ -51,11 +54,26 @@ sys.path.insert(0, str(ROOT / "src"))
 from peftbench.generate import fast_greedy_ids, plain_greedy_ids  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from train_speed import burn_in  # noqa: E402  -- the same burn-in as the training benchmark
+from train_speed import SHAPES, burn_in, head_dim, shape_config  # noqa: E402  -- as the training benchmark
 
 MIX = [(40, 0.6), (150, 0.9), (250, 0.8)]  # (median tokens, lognormal sigma): alpaca, tulu, ultrachat
 STUDY_PROMPTS, STUDY_MODELS = 6_000, 5  # test prompts x models (base + 4 methods) the workflow generates for
 PAD = 0
+
+
+def model_config(shape, tiny):
+    """The shape's architecture (tiny: a toy of its family, tests/tiny.py). Ids 0, 1 and 2 serve as padding, end
+    and <bos> whatever the family (no stop id is used while timing), as in Gemma's vocabulary."""
+    if shape == "gemma-3-1b":
+        return gemma3_1b_config(tiny)
+    if tiny:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from tiny import tiny_family_config
+
+        return tiny_family_config(SHAPES[shape][1], 512)
+    config = shape_config(shape)
+    config.pad_token_id, config.eos_token_id, config.bos_token_id = PAD, 1, 2
+    return config
 
 
 def gemma3_1b_config(tiny):
@@ -123,7 +141,7 @@ def work_flops(config, prompt_lengths, new):
     (output layer on the last position only), then `new` tokens per row, each through every weight and the
     output layer, attending to the real tokens before it."""
     d, f, L, V = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
-    q, kv = config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim
+    q, kv = config.num_attention_heads * head_dim(config), config.num_key_value_heads * head_dim(config)
     dense = 2 * L * (d * q + 2 * d * kv + q * d + 3 * d * f)
     window = getattr(config, "sliding_window", None) or 10**9
     types = getattr(config, "layer_types", None) or ["full_attention"] * L
@@ -209,6 +227,7 @@ def profile_decode(model, prompts, new_tokens, out, device):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="gemma-3-1b", help="the architecture measured")
     parser.add_argument("--tiny", action="store_true", help="tiny random model, few prompts and tokens (CPU)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks"), help="folder for generate.json and .md")
     parser.add_argument("--batch", type=int, default=512, help="peftbench's batch (512: the workflow's cap)")
@@ -243,7 +262,7 @@ def main(argv=None):
     begun = time.perf_counter()
     burned = burn_in(0 if args.tiny else args.burn_in)  # on a GPU only (device is cuda wherever there is one)
     torch.manual_seed(args.seed)
-    config = gemma3_1b_config(args.tiny)
+    config = model_config(args.shape, args.tiny)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters on {device}; "
@@ -367,16 +386,18 @@ def main(argv=None):
         "decode_profile_ms": profile,
         "utilisation": "work FLOPs of the pass (prefill of real prompt tokens, every new token through every "
                        "weight and the output layer, attention over real tokens) / seconds / 989 TFLOP/s",
-        "model": "tiny random Gemma 3 (tests/tiny.py)" if args.tiny else "gemma-3-1b-it shape, random bf16 weights",
+        "model": f"tiny random {SHAPES[args.shape][1]} (tests/tiny.py)" if args.tiny
+                 else f"{SHAPES[args.shape][0].removesuffix('.config.json')} shape, random bf16 weights",
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "cuda": torch.version.cuda, "transformers": version("transformers")},
         "wall_s": round(time.perf_counter() - begun, 1),
         "command": command.strip(),
     }
-    (out / "generate.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "generate.md").write_text(render(result))
+    stem = SHAPES[args.shape][2].replace("train", "generate")
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / f"{stem}.md").write_text(render(result))
     print(render(result))
-    print(f"wrote {out / 'generate.json'} and {out / 'generate.md'}")
+    print(f"wrote {out / stem}.json and .md")
 
 
 def render(result):

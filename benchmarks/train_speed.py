@@ -1,7 +1,11 @@
-"""Training speed and memory at the gemma-3-1b-it shape: the plain recipe vs peftbench's own path.
+"""Training speed and memory at a real model's shape: the plain recipe vs peftbench's own path.
 
-No checkpoint reaches the GPU machine, so the model is the real architecture (gemma-3-1b-it.config.json,
-copied from the hub's config) with random bf16 weights: speed and memory do not depend on weight values.
+No checkpoint reaches the GPU machine, so the model is the real architecture (--shape: gemma-3-1b-it, the
+default, Llama-3.2-1B-Instruct or Qwen2.5-0.5B-Instruct; SHAPES names each one's config.json, its hub values)
+with random bf16 weights: speed and memory do not depend on weight values. Gemma's tokenizer is the real one
+(--tokenizer); Llama's and Qwen's are tests/tiny.py's, with their family's special tokens and chat template
+and a small vocabulary: they give the chat format (turn tokens, the trained token rows), the token ids of
+the examples are drawn from the model's whole vocabulary, so the tokenizer's size changes nothing measured.
 For each method, in the same process and run, on the same synthetic batches:
   plain      the seeds' recipe: padded batches, the model's stock loss (full logits), peft defaults (fp32
              adapters, dropout 0.05), 4-bit base loaded as bitsandbytes gives it, GaLore over bf16 weights;
@@ -29,7 +33,8 @@ cut at 1024: lognormal with medians 150, 450 and 1100 (sigma 0.6, 0.9, 0.5), at 
 answer (the trained part) is the last 60 % of each conversation.
 
   python benchmarks/train_speed.py --tokenizer DIR            # on the GPU: writes benchmarks/train.json, .md
-  python benchmarks/train_speed.py --tiny --steps 2 --out /tmp # CPU smoke test on a tiny model
+  python benchmarks/train_speed.py --shape llama-3.2-1b       # train_llama.json, .md (qwen2.5-0.5b: train_qwen)
+  python benchmarks/train_speed.py --tiny --steps 2 --out /tmp # CPU smoke test on a tiny model of the shape's family
 """
 import argparse
 import gc
@@ -57,6 +62,13 @@ ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 MIX = [(150, 0.6), (450, 0.9), (1100, 0.5)]  # (median tokens, lognormal sigma) per source
 HOPPER_BF16_PEAK = 989e12  # dense bf16 FLOP/s of an H100 SXM or H200 (the same chip, more memory)
 STUDY_EXAMPLES, STUDY_EPOCHS = 15_000, 2
+# --shape: (the config.json beside this script, the tests/tiny.py family of its tokenizer and tiny model, the
+# stem of the files written)
+SHAPES = {
+    "gemma-3-1b": ("gemma-3-1b-it.config.json", "gemma", "train"),
+    "llama-3.2-1b": ("llama-3.2-1b-instruct.config.json", "llama", "train_llama"),
+    "qwen2.5-0.5b": ("qwen2.5-0.5b-instruct.config.json", "qwen2", "train_qwen"),
+}
 
 
 def synthetic_examples(n, max_length, vocab_size, seed=0):
@@ -73,25 +85,40 @@ def synthetic_examples(n, max_length, vocab_size, seed=0):
     return examples
 
 
-def make_model_dir(work, tokenizer_dir, tiny):
+def shape_config(shape):
+    """The shape's architecture: its hub config.json values (benchmarks/*.config.json)."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(Path(__file__).with_name(SHAPES[shape][0]))
+
+
+def make_model_dir(work, tokenizer_dir, tiny, shape="gemma-3-1b"):
     """A prepare_model folder over random weights of the real (or, with --tiny, a toy) architecture."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    hf = work / "hf"
+    hf, family = work / "hf", SHAPES[shape][1]
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tiny import make_tiny_model, make_tokenizer
+
     if tiny:
-        sys.path.insert(0, str(ROOT / "tests"))
-        from tiny import make_tiny_model
-
-        make_tiny_model(hf)
+        make_tiny_model(hf, family)
     else:
-        config = AutoConfig.from_pretrained(Path(__file__).with_name("gemma-3-1b-it.config.json"))
+        config = shape_config(shape)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir) if family == "gemma" else make_tokenizer(family)
+        if family != "gemma":  # the special tokens of the tokenizer used (the hub's ids are past its vocabulary)
+            config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+            config.pad_token_id = tokenizer.pad_token_id
         with torch.device("cuda"):
             model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
         model.save_pretrained(hf)
         del model
-        AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(hf)
+        tokenizer.save_pretrained(hf)
     prepare_model({"source": "local", "path": str(hf)}, work / "model")
     return work / "model"
+
+
+def head_dim(config):
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
 # ----------------------------------------------------------------------------- the plain recipe
@@ -233,7 +260,7 @@ def study_row_lengths(max_length, vocab_size, batch_size):
 def model_flops_per_token(config, mean_length):
     """6 N + 12 L H Dh T (PaLM's model FLOPs): N counts every matmul weight including the output layer."""
     d, f, L = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    q, kv = config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim
+    q, kv = config.num_attention_heads * head_dim(config), config.num_key_value_heads * head_dim(config)
     n_matmul = L * (d * q + 2 * d * kv + q * d + 3 * d * f) + config.vocab_size * d
     return 6 * n_matmul + 12 * L * q * mean_length
 
@@ -241,7 +268,7 @@ def model_flops_per_token(config, mean_length):
 def projection_shapes(config):
     """(in, out) of each decoder projection, by leaf name."""
     d, f = config.hidden_size, config.intermediate_size
-    q, kv = config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim
+    q, kv = config.num_attention_heads * head_dim(config), config.num_key_value_heads * head_dim(config)
     return {"q_proj": (d, q), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (q, d),
             "gate_proj": (d, f), "up_proj": (d, f), "down_proj": (f, d)}
 
@@ -269,7 +296,7 @@ def work_flops_per_token(config, kind, settings, examples, output_positions):
     method = METHODS[kind]
     shapes = projection_shapes(config)
     L, d, V = config.num_hidden_layers, config.hidden_size, config.vocab_size
-    q = config.num_attention_heads * config.head_dim
+    q = config.num_attention_heads * head_dim(config)
     dense = L * sum(i * o for i, o in shapes.values())
     targets = method.full_rank_targets(settings)
     trained = dense if targets == "*" else L * sum(i * o for n, (i, o) in shapes.items() if n in targets)
@@ -314,7 +341,9 @@ def burn_in(seconds):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokenizer", help="folder with a Gemma 3 tokenizer (the same for 270M and 1B)")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="gemma-3-1b", help="the architecture measured")
+    parser.add_argument("--tokenizer", help="folder with a Gemma 3 tokenizer (the same for 270M and 1B); "
+                                            "gemma-3-1b only")
     parser.add_argument("--methods", nargs="+", default=["lora", "qlora", "galore", "hybrid", "dora", "full"],
                         help="variants of config.yaml")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -334,19 +363,19 @@ def main(argv=None):
     parser.add_argument("--no-recheck", action="store_true",
                         help="do not measure the process's first path again at the end")
     parser.add_argument("--render", metavar="TRAIN_JSON",
-                        help="only rewrite train.md (in --out) from a train.json this script wrote")
+                        help="only rewrite the .md beside a train JSON this script wrote (in --out)")
     args = parser.parse_args(argv)
     if args.render:
         markdown = render_markdown(json.loads(Path(args.render).read_text()))
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        Path(args.out, "train.md").write_text(markdown)
+        Path(args.out, Path(args.render).with_suffix(".md").name).write_text(markdown)
         return
 
     started = time.perf_counter()
     burned = burn_in(0 if args.tiny else args.burn_in)
     print(f"burn-in: {burned} products of 8192^2 in {time.perf_counter() - started:.0f} s", flush=True)
     work = Path(args.work)
-    model_dir = make_model_dir(work, args.tokenizer, args.tiny)
+    model_dir = make_model_dir(work, args.tokenizer, args.tiny, args.shape)
     from peftbench.model import load_tokenizer, model_path
     from transformers import AutoConfig
 
@@ -445,7 +474,8 @@ def write_report(args, argv, gpu, mean_length, flops_per_token, results, study_r
     report = {
         "gpu": gpu,
         "command": command,
-        "shape": "gemma-3-1b-it (random weights)" if not args.tiny else "tiny",
+        "shape": f"{SHAPES[args.shape][0].removesuffix('.config.json')} (random weights)" if not args.tiny
+                 else f"tiny {SHAPES[args.shape][1]}",
         "batch_size": args.batch_size, "timed_steps": args.steps, "timed_passes": args.passes,
         "warmup": "one untimed pass over the same batches", "tokens_per_s": "the median timed pass",
         "burn_in_s": args.burn_in if burned else 0, "order": args.order,
@@ -465,9 +495,10 @@ def write_report(args, argv, gpu, mean_length, flops_per_token, results, study_r
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "train.json").write_text(json.dumps(report, indent=2) + "\n")
+    stem = SHAPES[args.shape][2]
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     markdown = render_markdown(report)
-    (out / "train.md").write_text(markdown)
+    (out / f"{stem}.md").write_text(markdown)
     print(markdown, flush=True)
 
 

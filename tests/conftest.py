@@ -17,6 +17,19 @@ def model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def family_model_dir(tmp_path_factory):
+    """model_dir of another family (llama, qwen2; gemma: the session's model_dir), each made on first use."""
+    made = {}
+
+    def of(family):
+        if family not in made:
+            made[family] = make_model_dir(tmp_path_factory.mktemp(f"tiny-{family}"), family)
+        return made[family]
+
+    return of
+
+
+@pytest.fixture(scope="session")
 def tokenizer(model_dir):
     from peftbench.model import load_tokenizer
 

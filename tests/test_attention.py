@@ -42,7 +42,19 @@ def loss_and_grads(model, *batch, **kwargs):
     return loss.detach(), torch.autograd.grad(loss, weights)
 
 
-def test_packed_flash_path_equals_per_example_masking(varlen_on_cpu, model_dir, tokenizer):
+FAMILIES = ["gemma", "llama", "qwen2"]  # Qwen2's tiny model: sliding layers after the first, as Mistral's
+
+
+def family_model(family, model_dir, family_model_dir):
+    from peftbench.model import load_tokenizer
+
+    folder = model_dir if family == "gemma" else family_model_dir(family)
+    return folder, load_tokenizer(folder)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_packed_flash_path_equals_per_example_masking(varlen_on_cpu, family, model_dir, family_model_dir):
+    model_dir, tokenizer = family_model(family, model_dir, family_model_dir)
     examples = [encode_chat(tokenizer, c) for c in CONVERSATIONS]
     assert max(len(ids) for ids, _ in examples) > 16  # longer than the tiny model's sliding window
     packed = pack(examples, "cpu")
@@ -83,3 +95,21 @@ def test_the_length_bound_is_a_power_of_two_at_least_the_longest():
 def test_offsets_mark_where_each_example_starts():
     assert attention.sequence_offsets((3, 5, 2), "cpu").tolist() == [0, 3, 8, 10]
     assert attention.sequence_offsets((3, 5, 2), "cpu").dtype == torch.int32
+
+
+@pytest.mark.skipif(not attention.supported("cuda"), reason="FlashAttention needs a GPU")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_flash_attention_on_a_gpu_computes_what_padded_sdpa_computes(family, model_dir, family_model_dir):
+    """The real varlen kernel in bf16, per family: the packed row's loss and gradients against sdpa over the
+    padded batch (bf16 tolerances: the two kernels sum in different orders)."""
+    model_dir, tokenizer = family_model(family, model_dir, family_model_dir)
+    examples = [encode_chat(tokenizer, c) for c in CONVERSATIONS]
+    sdpa = load_model(model_dir, "bfloat16", "cuda", attention="sdpa")
+    varlen = load_model(model_dir, "bfloat16", "cuda", attention=attention.NAME)
+    got = loss_and_grads(varlen, *pack(examples, "cuda"))
+    input_ids, labels, mask = collate(examples, tokenizer.pad_token_id, "cuda")
+    expected = loss_and_grads(sdpa, input_ids, labels, attention_mask=mask)
+    torch.testing.assert_close(got[0], expected[0], rtol=2e-2, atol=2e-2)
+    for a, b in zip(got[1], expected[1]):
+        assert a.abs().sum() > 0
+        torch.testing.assert_close(a.float(), b.float(), rtol=5e-2, atol=5e-3)

@@ -244,3 +244,16 @@ def test_packed_prefill_fills_the_cache_the_padded_prefill_fills(model_dir, prom
             a, b = got[layer][:, 0, : len(slot_axis)], expected[layer][:, 0, : len(slot_axis)]
             torch.testing.assert_close(a[seen], b[seen], rtol=2e-2, atol=2e-2)
     assert (firsts[0] == firsts[1]).float().mean() >= 0.8  # bf16: near-tied logits may round either way
+
+
+def test_batch_sizing_reads_a_config_without_head_dim():
+    """Qwen2's config has no head_dim (hidden / heads): batch_size 0 on a GPU sized its batches from it and
+    crashed before any answer; the per-row bytes now come from the head width every family has."""
+    from tiny import tiny_family_config
+
+    from peftbench.generate import bytes_per_row, head_dim_of
+
+    qwen2 = tiny_family_config("qwen2", 512)
+    assert getattr(qwen2, "head_dim", None) is None and head_dim_of(qwen2) == 64 // 4
+    cache = 2 * 2 * 2 * 16 * 100 * 2  # K and V x layers x KV heads x head width x tokens x bf16 bytes
+    assert bytes_per_row(qwen2, 100, 2) == cache + 100 * (4 * 64 + 3 * 128) * 2 + 6 * 100**2 + 2 * 512 * 4

@@ -91,6 +91,25 @@ def gpu_build(method, model_dir, tokenizer, cuda_graphs, compile_layers):
 @needs_gpu
 @pytest.mark.parametrize("method,compile_layers", GPU_CASES)
 def test_replayed_graphs_compute_the_eager_gradients(model_dir, tokenizer, examples, method, compile_layers):
+    replays_match_eager(model_dir, tokenizer, examples, method, compile_layers)
+
+
+@needs_gpu
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("method,compile_layers", [("lora", False), ("qlora", False), ("galore", False),
+                                                   ("full", True), ("dora", True)])
+def test_other_families_replay_the_eager_gradients(family_model_dir, family, method, compile_layers):
+    """Packed FlashAttention and CUDA-graph training on a tiny Llama (no padding token) and Qwen2 (sliding
+    layers after the first), compiled or not: the replays compute what the family's eager decoder computes."""
+    from peftbench.model import load_tokenizer
+
+    model_dir = family_model_dir(family)
+    tokenizer = load_tokenizer(model_dir)
+    replays_match_eager(model_dir, tokenizer, [encode_chat(tokenizer, c) for c in CONVERSATIONS], method,
+                        compile_layers)
+
+
+def replays_match_eager(model_dir, tokenizer, examples, method, compile_layers):
     eager, eager_trained, _ = gpu_build(method, model_dir, tokenizer, False, compile_layers)
     graphed, graphed_trained, _ = gpu_build(method, model_dir, tokenizer, True, compile_layers)
     decoder_graphs = graphs.attached(causal_lm(graphed))

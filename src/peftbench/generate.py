@@ -277,8 +277,7 @@ class _Decoder:
         self.kinds = layer_kinds(config)
         window = getattr(config, "sliding_window", None) if "sliding_attention" in self.kinds else None
         self.ring = window if window and window < slots else None
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        shape = lambda length: (rows, config.num_key_value_heads, length, head_dim)  # noqa: E731
+        shape = lambda length: (rows, config.num_key_value_heads, length, head_dim_of(config))  # noqa: E731
         self.sliding = [kind == "sliding_attention" and self.ring is not None for kind in self.kinds]
         self.keys = [torch.zeros(shape(self.ring if ring else slots), dtype=dtype, device=device)
                      for ring in self.sliding]
@@ -422,17 +421,27 @@ class _Decoder:
             self.use_graph = False
 
 
+def head_dim_of(config):
+    """Per-head width: the config's head_dim where it has one (Gemma, Llama, Qwen3), else hidden / heads (Qwen2's
+    config has no head_dim)."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def bytes_per_row(config, max_length, itemsize):
+    """GPU memory one row of a batch needs while decoding max_length tokens: its KV cache, its prefill
+    activations and its float32 logits."""
+    cache = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim_of(config) * max_length * itemsize
+    activations = max_length * (4 * config.hidden_size + 3 * config.intermediate_size) * itemsize + 6 * max_length**2
+    return cache + activations + 2 * config.vocab_size * 4
+
+
 def auto_batch_size(model, max_length, fraction=0.6, cap=512):
     """The largest batch (a multiple of 8, at most cap) whose static KV cache and prefill activations fit in
     `fraction` of the free GPU memory, for sequences of max_length tokens. 16 off CUDA."""
     if model.device.type != "cuda":
         return 16
-    c, size = model.config, model.dtype.itemsize
-    cache = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * max_length * size
-    activations = max_length * (4 * c.hidden_size + 3 * c.intermediate_size) * size + 6 * max_length**2
-    logits = 2 * c.vocab_size * 4
     free, _ = torch.cuda.mem_get_info(model.device)
-    rows = int(fraction * free / (cache + activations + logits))
+    rows = int(fraction * free / bytes_per_row(model.config, max_length, model.dtype.itemsize))
     return max(1, min(cap, rows // 8 * 8 or rows))
 
 
