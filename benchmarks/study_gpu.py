@@ -130,8 +130,18 @@ def train_parts(tsv, metrics_path, scale):
 def summarise(args):
     work = Path(args.work)
     study = study_config()
-    results = Path(args.results) if args.results else work / "results"
-    bench = results / "benchmarks"
+    # Several runs' results folders: a job counts from the last folder that has it; the jobs of --stale steps
+    # count from the last folder only (their code changed after the earlier runs).
+    folders = [Path(r) for r in args.results] if args.results else [work / "results"]
+
+    def find(step, relative):
+        """(path, folder index) of a job's file in the last folder that has it, or (None, None)."""
+        for index in reversed(range(len(folders))):
+            if (folders[index] / relative).exists():
+                if step in args.stale and index != len(folders) - 1:
+                    break
+                return folders[index] / relative, index
+        return None, None
     scale = 1 / args.fraction
     seeds = len(study["seeds"])
     grid = len(study["tuning"]["multiples"]) if study.get("tuning") not in (None, "off") else 1
@@ -141,28 +151,30 @@ def summarise(args):
              json.loads((ROOT / "benchmarks/train.json").read_text())["methods"].items()}
     rows = []
 
-    def row(step, variant, jobs, measured, full_job_s, how, **parts):
+    def row(step, variant, jobs, measured, full_job_s, how, run=None, **parts):
         rows.append({"step": step, "variant": variant, "measured": measured, **{k: round(v, 1) for k, v in
                      parts.items()}, "full_study_job_s": round(full_job_s, 1), "full_study_jobs": jobs,
-                     "full_study_s": round(full_job_s * jobs, 1), "how": how})
+                     "full_study_s": round(full_job_s * jobs, 1), "how": how,
+                     **({"run": run + 1} if run is not None and len(folders) > 1 else {})})
 
     for step, grows in [("prepare_model", False), ("prepare_data", True), ("prepare_test", True),
                         ("prepare_general_text", False)]:
-        tsv = bench / f"{step}.tsv"
-        if tsv.exists():
+        tsv, run = find(step, f"benchmarks/{step}.tsv")
+        if tsv:
             wall = wall_seconds(tsv)
             row(step, "", 1, True, scale * wall if grows else wall,
-                f"x{scale:g}: grows with the data" if grows else "does not grow with the data", wall_s=wall)
+                f"x{scale:g}: grows with the data" if grows else "does not grow with the data", run, wall_s=wall)
 
     # Training: per trained variant, the grid's rates at seed 0 (tuning) and the further seeds.
     train_jobs = grid + seeds - 1
     measured_train = {}
     for variant in trained:
-        tsv, metrics = bench / variant / "seed0/train.tsv", results / variant / "seed0/trained/train_metrics.json"
-        if tsv.exists() and metrics.exists():
+        metrics, run = find("train", f"{variant}/seed0/trained/train_metrics.json")
+        tsv = metrics and folders[run] / "benchmarks" / variant / "seed0/train.tsv"
+        if tsv and tsv.exists():
             measured_train[variant] = parts = train_parts(tsv, metrics, scale)
             row("train", variant, train_jobs, True, parts.pop("full_job_s"),
-                f"setup + captures + {scale:g}^2 x validation + {scale:g} x steps", **parts)
+                f"setup + captures + {scale:g}^2 x validation + {scale:g} x steps", run, **parts)
     for variant in trained:
         if variant in measured_train:
             continue
@@ -180,13 +192,13 @@ def summarise(args):
     for step in ("generate", "score", "general_loss"):
         measured = {}
         for variant in variants:
-            run = "base" if variant not in trained else f"{variant}/seed0"
-            tsv = bench / run / f"{step}.tsv"
-            if not tsv.exists():
+            job = "base" if variant not in trained else f"{variant}/seed0"
+            tsv, run = find(step, f"benchmarks/{job}/{step}.tsv")
+            if not tsv:
                 continue
             wall = wall_seconds(tsv)
             if step == "generate":
-                decode = decoding_seconds(results / "logs" / run / "generate.log") or wall
+                decode = decoding_seconds(folders[run] / "logs" / job / "generate.log") or wall
                 full, how, parts = wall - decode + scale * decode, f"loading + {scale:g} x decoding", \
                     {"wall_s": wall, "decoding_s": decode}
             elif step == "score":
@@ -194,20 +206,22 @@ def summarise(args):
             else:
                 full, how, parts = wall, "same passages: does not grow", {"wall_s": wall}
             measured[variant] = full
-            row(step, variant, 1 if variant not in trained else seeds, True, full, how, **parts)
+            row(step, variant, 1 if variant not in trained else seeds, True, full, how, run, **parts)
         stand_in = sum(measured.values()) / len(measured) if measured else None
         for variant in variants:
             if variant not in measured and stand_in is not None:
                 row(step, variant, 1 if variant not in trained else seeds, False, stand_in,
                     f"estimated: the mean of this step's measured jobs ({', '.join(measured)})")
 
-    missing = [f"{step}" for step in ("compare", "report") if not (bench / f"{step}.tsv").exists()]
+    missing = [step for step in ("compare", "report") if not find(step, f"benchmarks/{step}.tsv")[0]]
     total = sum(r["full_study_s"] for r in rows)
     out = {
         "command": " ".join(["python", "benchmarks/study_gpu.py"] + sys.argv[1:]),
         "machine": args.machine, "fraction": args.fraction,
         "config": "config.yaml's variants, seeds and tuning grid; the sizes and data of "
                   "benchmarks/study_gpu.py prepare (synthetic, random weights)",
+        "runs": [str(f) for f in folders] if len(folders) > 1 else None,
+        "stale_in_earlier_runs": args.stale or None,
         "snakemake_wall_clock_s": args.wall_clock,
         "measured_job_s": round(sum(r.get("wall_s", 0) for r in rows if r["measured"]), 1),
         "arithmetic": (f"full study = sum over steps of (a job's time at full size) x (its jobs in the full "
@@ -242,7 +256,11 @@ def main():
     s.add_argument("--fraction", type=float, default=0.25, help="the fraction prepare used")
     s.add_argument("--machine", default="", help="the GPU, for the label")
     s.add_argument("--wall-clock", type=float, default=None, help="Snakemake's own wall clock, seconds")
-    s.add_argument("--results", default=None, help="the results folder, if not WORK/results (a copy)")
+    s.add_argument("--results", nargs="+", default=None,
+                   help="results folders, if not WORK/results (copies); several runs: a job counts from the last "
+                        "folder that has it (the `run` field of its row)")
+    s.add_argument("--stale", nargs="*", default=[], choices=["train", "generate", "score", "general_loss"],
+                   help="steps whose jobs count from the last folder only (their code changed after the others)")
     s.add_argument("--out", required=True, help="study.json to write")
     s.set_defaults(run=summarise)
     args = parser.parse_args()

@@ -355,6 +355,9 @@ def main(argv=None):
     parser.add_argument("--tiny", action="store_true", help="toy model on CPU (smoke test)")
     parser.add_argument("--checkpointing", action="store_true",
                         help="also measure peftbench's path with training.gradient_checkpointing: true")
+    parser.add_argument("--knobs", nargs="+", metavar="KNOB=VALUE", default=[],
+                        help="also measure peftbench's path with these memory knobs of a variant "
+                             "(checkpoint_layers=N, recompute_elementwise=true) over the variant's own")
     parser.add_argument("--no-kbit-rows", action="store_true",
                         help="skip the 'plain + kbit prep' rows of the 4-bit methods")
     parser.add_argument("--order", choices=["alternate", "plain-first", "peftbench-first"], default="alternate",
@@ -371,6 +374,12 @@ def main(argv=None):
         Path(args.out, Path(args.render).with_suffix(".md").name).write_text(markdown)
         return
 
+    knobs = {}
+    for knob in args.knobs:
+        key, _, value = knob.partition("=")
+        if key not in ("checkpoint_layers", "recompute_elementwise"):
+            parser.error(f"--knobs: {key} is not a memory knob (checkpoint_layers, recompute_elementwise)")
+        knobs[key] = value.lower() == "true" if key == "recompute_elementwise" else int(value)
     started = time.perf_counter()
     burned = burn_in(0 if args.tiny else args.burn_in)
     print(f"burn-in: {burned} products of 8192^2 in {time.perf_counter() - started:.0f} s", flush=True)
@@ -419,6 +428,8 @@ def main(argv=None):
         fast_paths = {"peftbench": variant_training}
         if args.checkpointing:  # the same path with the memory knob on
             fast_paths["peftbench + checkpointing"] = dict(variant_training, gradient_checkpointing=True)
+        if knobs:
+            fast_paths["peftbench + " + " ".join(args.knobs)] = {**variant_training, **knobs}
         plain_first = {"plain-first": True, "peftbench-first": False}.get(args.order, index % 2 == 0)
         order = plain_paths + list(fast_paths) if plain_first else list(fast_paths) + plain_paths
         results[method] = {}
@@ -440,6 +451,10 @@ def main(argv=None):
         results[method]["speedup"] = f["tokens_per_s"] / p["tokens_per_s"]
         if "peak_alloc_gb" in p:
             results[method]["memory_ratio"] = f["peak_alloc_gb"] / p["peak_alloc_gb"]
+        for path in list(fast_paths)[1:]:  # the same method with a knob: its own ratios to plain
+            results[method].setdefault("other_paths", {})[path] = {
+                "speedup": results[method][path]["tokens_per_s"] / p["tokens_per_s"],
+                "memory_ratio": results[method][path].get("peak_alloc_gb", 0) / p.get("peak_alloc_gb", 1)}
         if "plain + kbit prep" in paths:
             results[method]["speedup_vs_kbit_prep"] = f["tokens_per_s"] / paths["plain + kbit prep"]["tokens_per_s"]
         study_tokens = STUDY_EXAMPLES * STUDY_EPOCHS * mean_length
@@ -549,6 +564,8 @@ def render_markdown(report):
         ratio, kbit = r.get("memory_ratio"), r.get("speedup_vs_kbit_prep")
         lines.append(f"| {method} | {r['speedup']:.2f}x | {'' if ratio is None else f'{ratio:.2f}'} | "
                      f"{'' if kbit is None else f'{kbit:.2f}x'} |")
+        for path, other in r.get("other_paths", {}).items():
+            lines.append(f"| {method}, {path} | {other['speedup']:.2f}x | {other['memory_ratio']:.2f} | |")
     return "\n".join(lines) + "\n"
 
 
