@@ -95,6 +95,12 @@ def test_fast_path_serves_other_families(family, monkeypatch):
     monkeypatch.setattr(generation_module, "packs_prompts", lambda model: True)
     monkeypatch.setattr(attention, "varlen_kernel", reference_varlen)
     assert fast_greedy_ids(family_model, family_prompts, MAX_NEW, 3, 0) == expected
+    # On a GPU, sdpa's memory-efficient kernel can return its output with the head axes' strides swapped
+    # (seen at Llama's 8 key/value heads); a view of it then fails where a reshape does not.
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *args, **kwargs: sdpa(*args, **kwargs).transpose(1, 2).contiguous().transpose(1, 2))
+    assert fast_greedy_ids(family_model, family_prompts, MAX_NEW, 3, 0) == expected
 
 
 def test_sliding_layers_keep_only_their_window(model, prompts, tokenizer):

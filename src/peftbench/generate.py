@@ -207,7 +207,7 @@ def decode_attention(module, query, key, value, attention_mask, scaling=None, dr
         with sdpa_kernel(DECODE_KERNELS):
             out = F.scaled_dot_product_attention(query.view(rows, key.shape[1], groups, head_dim), key, value,
                                                  attn_mask=attention_mask, scale=scaling)
-        return out.view(rows, 1, heads, head_dim), None
+        return out.reshape(rows, 1, heads, head_dim), None  # the efficient kernel may return it strided
     if groups > 1:  # the prefill: once per batch
         key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling)
