@@ -3,12 +3,15 @@
 # a run that its time limit cuts picks up where it stopped when this is called again on the same machine.
 #   WORKFLOW=1 scripts/offline_gpu_bundle.sh        # here: wheels (snakemake too) and the tokenizer
 #   bash benchmarks/study_gpu.sh LIMIT_S OUT         # there: at most LIMIT_S seconds of Snakemake
+#   bash benchmarks/study_gpu.sh LIMIT_S OUT galore/seed0/scores.json ...   # only these outputs (and what
+#                                                    # they need), paths under the run's results folder
 # Writes OUT/study.json (per-step times, the extrapolated full study), OUT/snakemake_log.txt and
 # OUT/study.tar.gz (every rule's log and benchmark file, report.md, comparison.json).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 limit=${1:-540}
 out=${2:-benchmarks/study-h200}
+shift 2 2>/dev/null || shift $#
 work=/tmp/study
 mkdir -p "$out"
 if [ ! -e /tmp/site/.installed ]; then
@@ -22,12 +25,14 @@ printf '#!/usr/bin/env python3\nfrom snakemake.cli import main\nmain()\n' > /tmp
 chmod +x /tmp/bin/peftbench /tmp/bin/snakemake
 [ -e $work/config.yaml ] || python3 benchmarks/study_gpu.py prepare --tokenizer /tmp/tok --work $work || exit 1
 
+targets=()
+for target in "${@:-report.md}"; do targets+=("$work/results/$target"); done
 # a run that the time limit stopped left Snakemake's lock behind
-snakemake --unlock --configfile=$work/config.yaml -- $work/results/report.md > /dev/null 2>&1
+snakemake --unlock --configfile=$work/config.yaml -- "${targets[@]}" > /dev/null 2>&1
 start=$(date +%s)
 timeout --signal=INT --kill-after=60 "$limit" \
     snakemake --cores 16 --resources gpu=1 --rerun-incomplete --configfile=$work/config.yaml \
-    -- $work/results/report.md >> "$out/snakemake_log.txt" 2>&1
+    -- "${targets[@]}" >> "$out/snakemake_log.txt" 2>&1
 status=$?
 elapsed=$(( $(date +%s) - start ))
 echo "snakemake exit $status after $elapsed s" | tee -a "$out/snakemake_log.txt"
