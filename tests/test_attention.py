@@ -104,6 +104,7 @@ def test_flash_attention_on_a_gpu_computes_what_padded_sdpa_computes(family, mod
     padded batch (bf16 tolerances: the two kernels sum in different orders)."""
     model_dir, tokenizer = family_model(family, model_dir, family_model_dir)
     examples = [encode_chat(tokenizer, c) for c in CONVERSATIONS]
+    attention.register()
     sdpa = load_model(model_dir, "bfloat16", "cuda", attention="sdpa")
     varlen = load_model(model_dir, "bfloat16", "cuda", attention=attention.NAME)
     got = loss_and_grads(varlen, *pack(examples, "cuda"))

@@ -75,13 +75,13 @@ def kind_and_settings(name):
     return METHODS[kind], settings
 
 
-def gpu_build(method, model_dir, tokenizer, cuda_graphs, compile_layers):
+def gpu_build(method, model_dir, tokenizer, cuda_graphs, compile_layers, **overrides):
     kind, settings = kind_and_settings(method)
     if kind.quantization(settings) is not None and importlib.util.find_spec("bitsandbytes") is None:
         pytest.skip("bitsandbytes is not installed")
     # GaLore also checkpoints its first layer: the recomputed forward is captured in the backward graph.
     training = dict(TRAINING, compile=compile_layers, cuda_graphs=cuda_graphs, batch_size=SLOTS - 1,
-                    checkpoint_layers=1 if method == "galore" else 0)
+                    checkpoint_layers=1 if method == "galore" else 0, **overrides)
     torch.manual_seed(0)
     model, groups = build_trainable(kind, model_dir, settings, training, tokenizer, "cuda")
     model.train()
@@ -105,13 +105,14 @@ def test_other_families_replay_the_eager_gradients(family_model_dir, family, met
 
     model_dir = family_model_dir(family)
     tokenizer = load_tokenizer(model_dir)
+    # the turn tokens of this family's template (TRAINING names Gemma's)
     replays_match_eager(model_dir, tokenizer, [encode_chat(tokenizer, c) for c in CONVERSATIONS], method,
-                        compile_layers)
+                        compile_layers, trainable_tokens="auto")
 
 
-def replays_match_eager(model_dir, tokenizer, examples, method, compile_layers):
-    eager, eager_trained, _ = gpu_build(method, model_dir, tokenizer, False, compile_layers)
-    graphed, graphed_trained, _ = gpu_build(method, model_dir, tokenizer, True, compile_layers)
+def replays_match_eager(model_dir, tokenizer, examples, method, compile_layers, **overrides):
+    eager, eager_trained, _ = gpu_build(method, model_dir, tokenizer, False, compile_layers, **overrides)
+    graphed, graphed_trained, _ = gpu_build(method, model_dir, tokenizer, True, compile_layers, **overrides)
     decoder_graphs = graphs.attached(causal_lm(graphed))
     assert decoder_graphs is not None and graphs.attached(causal_lm(eager)) is None
     reordered = [examples[1], examples[0], examples[2]]  # the same padded length as `examples`, other data
