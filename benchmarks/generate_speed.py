@@ -51,10 +51,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from peftbench.generate import fast_greedy_ids, plain_greedy_ids  # noqa: E402
+from peftbench.generate import fast_greedy_ids, head_dim_of, plain_greedy_ids  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from train_speed import SHAPES, burn_in, head_dim, shape_config  # noqa: E402  -- as the training benchmark
+from train_speed import SHAPES, burn_in, shape_config  # noqa: E402  -- as the training benchmark
 
 MIX = [(40, 0.6), (150, 0.9), (250, 0.8)]  # (median tokens, lognormal sigma): alpaca, tulu, ultrachat
 STUDY_PROMPTS, STUDY_MODELS = 6_000, 5  # test prompts x models (base + 4 methods) the workflow generates for
@@ -141,7 +141,7 @@ def work_flops(config, prompt_lengths, new):
     (output layer on the last position only), then `new` tokens per row, each through every weight and the
     output layer, attending to the real tokens before it."""
     d, f, L, V = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
-    q, kv = config.num_attention_heads * head_dim(config), config.num_key_value_heads * head_dim(config)
+    q, kv = config.num_attention_heads * head_dim_of(config), config.num_key_value_heads * head_dim_of(config)
     dense = 2 * L * (d * q + 2 * d * kv + q * d + 3 * d * f)
     window = getattr(config, "sliding_window", None) or 10**9
     types = getattr(config, "layer_types", None) or ["full_attention"] * L

@@ -53,6 +53,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from peftbench import graphs  # noqa: E402
 from peftbench.chat import IGNORE_INDEX  # noqa: E402
+from peftbench.generate import head_dim_of  # noqa: E402
 from peftbench.methods import METHODS  # noqa: E402
 from peftbench.model import load_model, prepare_model  # noqa: E402
 from peftbench.train import batch_order, graph_metrics, training_step  # noqa: E402
@@ -115,10 +116,6 @@ def make_model_dir(work, tokenizer_dir, tiny, shape="gemma-3-1b"):
         tokenizer.save_pretrained(hf)
     prepare_model({"source": "local", "path": str(hf)}, work / "model")
     return work / "model"
-
-
-def head_dim(config):
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
 # ----------------------------------------------------------------------------- the plain recipe
@@ -260,7 +257,7 @@ def study_row_lengths(max_length, vocab_size, batch_size):
 def model_flops_per_token(config, mean_length):
     """6 N + 12 L H Dh T (PaLM's model FLOPs): N counts every matmul weight including the output layer."""
     d, f, L = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    q, kv = config.num_attention_heads * head_dim(config), config.num_key_value_heads * head_dim(config)
+    q, kv = config.num_attention_heads * head_dim_of(config), config.num_key_value_heads * head_dim_of(config)
     n_matmul = L * (d * q + 2 * d * kv + q * d + 3 * d * f) + config.vocab_size * d
     return 6 * n_matmul + 12 * L * q * mean_length
 
@@ -268,7 +265,7 @@ def model_flops_per_token(config, mean_length):
 def projection_shapes(config):
     """(in, out) of each decoder projection, by leaf name."""
     d, f = config.hidden_size, config.intermediate_size
-    q, kv = config.num_attention_heads * head_dim(config), config.num_key_value_heads * head_dim(config)
+    q, kv = config.num_attention_heads * head_dim_of(config), config.num_key_value_heads * head_dim_of(config)
     return {"q_proj": (d, q), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (q, d),
             "gate_proj": (d, f), "up_proj": (d, f), "down_proj": (f, d)}
 
@@ -296,7 +293,7 @@ def work_flops_per_token(config, kind, settings, examples, output_positions):
     method = METHODS[kind]
     shapes = projection_shapes(config)
     L, d, V = config.num_hidden_layers, config.hidden_size, config.vocab_size
-    q = config.num_attention_heads * head_dim(config)
+    q = config.num_attention_heads * head_dim_of(config)
     dense = L * sum(i * o for i, o in shapes.values())
     targets = method.full_rank_targets(settings)
     trained = dense if targets == "*" else L * sum(i * o for n, (i, o) in shapes.items() if n in targets)
