@@ -58,6 +58,7 @@ from peftbench.methods import METHODS  # noqa: E402
 from peftbench.model import load_model, prepare_model  # noqa: E402
 from peftbench.train import batch_order, graph_metrics, training_step  # noqa: E402
 from peftbench.trainable import build_trainable, causal_lm  # noqa: E402
+from peftbench.variants import KNOBS  # noqa: E402
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 MIX = [(150, 0.6), (450, 0.9), (1100, 0.5)]  # (median tokens, lognormal sigma) per source
@@ -99,16 +100,15 @@ def make_model_dir(work, tokenizer_dir, tiny, shape="gemma-3-1b"):
 
     hf, family = work / "hf", SHAPES[shape][1]
     sys.path.insert(0, str(ROOT / "tests"))
-    from tiny import make_tiny_model, make_tokenizer
+    from tiny import adopt_special_tokens, make_tiny_model, make_tokenizer
 
     if tiny:
         make_tiny_model(hf, family)
     else:
         config = shape_config(shape)
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir) if family == "gemma" else make_tokenizer(family)
-        if family != "gemma":  # the special tokens of the tokenizer used (the hub's ids are past its vocabulary)
-            config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
-            config.pad_token_id = tokenizer.pad_token_id
+        if family != "gemma":  # the hub's special-token ids are past this small tokenizer's vocabulary
+            adopt_special_tokens(config, tokenizer)
         with torch.device("cuda"):
             model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
         model.save_pretrained(hf)
@@ -374,9 +374,9 @@ def main(argv=None):
     knobs = {}
     for knob in args.knobs:
         key, _, value = knob.partition("=")
-        if key not in ("checkpoint_layers", "recompute_elementwise"):
-            parser.error(f"--knobs: {key} is not a memory knob (checkpoint_layers, recompute_elementwise)")
-        knobs[key] = value.lower() == "true" if key == "recompute_elementwise" else int(value)
+        if key not in KNOBS:
+            parser.error(f"--knobs: {key} is not a memory knob ({', '.join(KNOBS)})")
+        knobs[key] = value.lower() == "true" if KNOBS[key]["type"] == "boolean" else int(value)
     started = time.perf_counter()
     burned = burn_in(0 if args.tiny else args.burn_in)
     print(f"burn-in: {burned} products of 8192^2 in {time.perf_counter() - started:.0f} s", flush=True)
@@ -449,9 +449,10 @@ def main(argv=None):
         if "peak_alloc_gb" in p:
             results[method]["memory_ratio"] = f["peak_alloc_gb"] / p["peak_alloc_gb"]
         for path in list(fast_paths)[1:]:  # the same method with a knob: its own ratios to plain
+            other = results[method][path]
             results[method].setdefault("other_paths", {})[path] = {
-                "speedup": results[method][path]["tokens_per_s"] / p["tokens_per_s"],
-                "memory_ratio": results[method][path].get("peak_alloc_gb", 0) / p.get("peak_alloc_gb", 1)}
+                "speedup": other["tokens_per_s"] / p["tokens_per_s"],
+                "memory_ratio": other["peak_alloc_gb"] / p["peak_alloc_gb"] if "peak_alloc_gb" in p else None}
         if "plain + kbit prep" in paths:
             results[method]["speedup_vs_kbit_prep"] = f["tokens_per_s"] / paths["plain + kbit prep"]["tokens_per_s"]
         study_tokens = STUDY_EXAMPLES * STUDY_EPOCHS * mean_length
@@ -562,7 +563,8 @@ def render_markdown(report):
         lines.append(f"| {method} | {r['speedup']:.2f}x | {'' if ratio is None else f'{ratio:.2f}'} | "
                      f"{'' if kbit is None else f'{kbit:.2f}x'} |")
         for path, other in r.get("other_paths", {}).items():
-            lines.append(f"| {method}, {path} | {other['speedup']:.2f}x | {other['memory_ratio']:.2f} | |")
+            ratio = "" if other["memory_ratio"] is None else f"{other['memory_ratio']:.2f}"
+            lines.append(f"| {method}, {path} | {other['speedup']:.2f}x | {ratio} | |")
     return "\n".join(lines) + "\n"
 
 

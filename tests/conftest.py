@@ -17,9 +17,9 @@ def model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def family_model_dir(tmp_path_factory):
-    """model_dir of another family (llama, qwen2; gemma: the session's model_dir), each made on first use."""
-    made = {}
+def family_model_dir(tmp_path_factory, model_dir):
+    """model_dir of a family (llama, qwen2, each made on first use; gemma: the session's model_dir)."""
+    made = {"gemma": model_dir}
 
     def of(family):
         if family not in made:

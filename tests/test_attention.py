@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from peftbench import attention
 from peftbench.chat import encode_chat
-from peftbench.model import load_model
+from peftbench.model import load_model, load_tokenizer
 from peftbench.train import answer_loss, collate, pack
 from peftbench.trainable import training_attention
 from test_methods import CONVERSATIONS
@@ -45,16 +45,10 @@ def loss_and_grads(model, *batch, **kwargs):
 FAMILIES = ["gemma", "llama", "qwen2"]  # Qwen2's tiny model: sliding layers after the first, as Mistral's
 
 
-def family_model(family, model_dir, family_model_dir):
-    from peftbench.model import load_tokenizer
-
-    folder = model_dir if family == "gemma" else family_model_dir(family)
-    return folder, load_tokenizer(folder)
-
-
 @pytest.mark.parametrize("family", FAMILIES)
-def test_packed_flash_path_equals_per_example_masking(varlen_on_cpu, family, model_dir, family_model_dir):
-    model_dir, tokenizer = family_model(family, model_dir, family_model_dir)
+def test_packed_flash_path_equals_per_example_masking(varlen_on_cpu, family, family_model_dir):
+    model_dir = family_model_dir(family)
+    tokenizer = load_tokenizer(model_dir)
     examples = [encode_chat(tokenizer, c) for c in CONVERSATIONS]
     assert max(len(ids) for ids, _ in examples) > 16  # longer than the tiny model's sliding window
     packed = pack(examples, "cpu")
@@ -99,10 +93,11 @@ def test_offsets_mark_where_each_example_starts():
 
 @pytest.mark.skipif(not attention.supported("cuda"), reason="FlashAttention needs a GPU")
 @pytest.mark.parametrize("family", FAMILIES)
-def test_flash_attention_on_a_gpu_computes_what_padded_sdpa_computes(family, model_dir, family_model_dir):
+def test_flash_attention_on_a_gpu_computes_what_padded_sdpa_computes(family, family_model_dir):
     """The real varlen kernel in bf16, per family: the packed row's loss and gradients against sdpa over the
     padded batch (bf16 tolerances: the two kernels sum in different orders)."""
-    model_dir, tokenizer = family_model(family, model_dir, family_model_dir)
+    model_dir = family_model_dir(family)
+    tokenizer = load_tokenizer(model_dir)
     examples = [encode_chat(tokenizer, c) for c in CONVERSATIONS]
     attention.register()
     sdpa = load_model(model_dir, "bfloat16", "cuda", attention="sdpa")

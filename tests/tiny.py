@@ -77,6 +77,12 @@ def tiny_family_config(family, vocab_size):
     raise ValueError(family)
 
 
+def adopt_special_tokens(config, tokenizer):
+    """Give a model config the ids of this tokenizer's own special tokens (bos, eos, pad)."""
+    config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    config.pad_token_id = tokenizer.pad_token_id
+
+
 def make_tiny_model(folder, family="gemma"):
     """Save a random tiny model of a family (gemma: Gemma 3; llama; qwen2) and its tokenizer into folder (a
     Hugging Face model folder)."""
@@ -86,9 +92,8 @@ def make_tiny_model(folder, family="gemma"):
     tokenizer = make_tokenizer(family)
     torch.manual_seed(0)
     config = tiny_config(len(tokenizer)) if family == "gemma" else tiny_family_config(family, len(tokenizer))
-    if family != "gemma":  # the ids of this tokenizer's own special tokens
-        config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
-        config.pad_token_id = tokenizer.pad_token_id
+    if family != "gemma":
+        adopt_special_tokens(config, tokenizer)
     model = AutoModelForCausalLM.from_config(config).to(torch.bfloat16)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
