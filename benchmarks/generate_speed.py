@@ -396,6 +396,7 @@ def main(argv=None):
     stem = SHAPES[args.shape][2].replace("train", "generate")
     (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / f"{stem}.md").write_text(render(result))
+    (out / "generate_partial.json").unlink()  # the finished run's files are the whole result
     print(render(result))
     print(f"wrote {out / stem}.json and .md")
 

@@ -92,7 +92,9 @@ def prepare(args):
     overlay = {
         "output_dir": str(work / "results"),
         "seeds": [0],
-        "model": {"source": "local", "path": str(model_dir)},
+        # the tokenizer folder carried there has no chat template: Gemma's built-in format, as for the
+        # embedded model
+        "model": {"source": "local", "path": str(model_dir), "chat_template": "gemma"},
         "data": {"sources": sources},
         # Each rate of the grid is one more training job exactly like the seed-0 run: `summarise` counts
         # them from the measured runs instead of running 5x the training here.

@@ -20,8 +20,9 @@ if [ ! -e /tmp/site/.installed ]; then
 fi
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 PATH=/tmp/bin:$PATH
 mkdir -p /tmp/bin
-printf '#!/usr/bin/env python3\nfrom peftbench.cli import main\nmain()\n' > /tmp/bin/peftbench
-printf '#!/usr/bin/env python3\nfrom snakemake.cli import main\nmain()\n' > /tmp/bin/snakemake
+# console scripts as pip writes them: the step's exit status is the process's (a failed step must fail its job)
+printf '#!/usr/bin/env python3\nimport sys\nfrom peftbench.cli import main\nsys.exit(main())\n' > /tmp/bin/peftbench
+printf '#!/usr/bin/env python3\nimport sys\nfrom snakemake.cli import main\nsys.exit(main())\n' > /tmp/bin/snakemake
 chmod +x /tmp/bin/peftbench /tmp/bin/snakemake
 [ -e $work/config.yaml ] || python3 benchmarks/study_gpu.py prepare --tokenizer /tmp/tok --work $work || exit 1
 

@@ -43,7 +43,7 @@ import math
 import platform
 import sys
 import time
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
@@ -482,6 +482,15 @@ def host_cpu():
         return platform.processor() or "unknown"
 
 
+def installed_version(name):
+    """A package's version, None where it is not installed (a run without the 4-bit methods needs no
+    bitsandbytes: its report must still be written)."""
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
 def write_report(args, argv, gpu, mean_length, flops_per_token, results, study_rows, burned=0, check=None):
     command = "python benchmarks/train_speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
     report = {
@@ -502,7 +511,8 @@ def write_report(args, argv, gpu, mean_length, flops_per_token, results, study_r
         "cpu": host_cpu(),
         "mean_tokens_per_example": mean_length, "model_flops_per_token": flops_per_token,
         "study_padded_row_lengths": study_rows,
-        "versions": {name: version(name) for name in ("torch", "transformers", "peft", "bitsandbytes", "galore-torch")},
+        "versions": {name: installed_version(name)
+                     for name in ("torch", "transformers", "peft", "bitsandbytes", "galore-torch")},
         "python": platform.python_version(),
         "methods": results,
     }
