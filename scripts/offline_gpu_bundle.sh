@@ -4,6 +4,8 @@
 # benchmarks/gemma-3-1b-it.config.json with random weights, so no checkpoint travels).
 #
 #   scripts/offline_gpu_bundle.sh [OUT]      # here, with internet: writes OUT (default .offline/)
+#       WORKFLOW=1 (Snakemake's wheels too), TRANSFORMERS=5.24.0 (that transformers too), BNB_CUDA=13
+#       (bitsandbytes cut to its CUDA 13 libraries: all three fit one 64 MiB carry)
 #   source OUT/setup.sh                      # there, from the repository root: installs, unpacks, checks
 #   python benchmarks/train_speed.py --tokenizer /tmp/tok
 #   python -m pytest -q tests/test_graphs.py   # the GPU-only tests
@@ -21,6 +23,28 @@ mkdir -p "$OUT/wheels"
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PYTHON_VERSION" --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
     -d "$OUT/wheels" "bitsandbytes>=0.45" "galore-torch>=1.0"
+# BNB_CUDA=13: keep only bitsandbytes' CPU and CUDA 13.x libraries (the GPU image's torch is cu130): 7 MB
+# instead of 43, so that it fits a 64 MiB carry beside transformers' and the workflow's wheels.
+if [ -n "${BNB_CUDA:-}" ]; then
+    python3 - "$OUT"/wheels/bitsandbytes-*.whl "$BNB_CUDA" <<'PY'
+import re, sys, zipfile
+from pathlib import Path
+
+wheel, cuda = Path(sys.argv[1]), sys.argv[2]
+dropped = re.compile(r"libbitsandbytes_(?!cpu\.|cuda" + re.escape(cuda) + r")\w+\.so$")
+slim = wheel.with_suffix(".slim")
+with zipfile.ZipFile(wheel) as source, zipfile.ZipFile(slim, "w", zipfile.ZIP_DEFLATED) as target:
+    for item in source.infolist():
+        if dropped.search(item.filename):
+            continue
+        data = source.read(item)
+        if item.filename.endswith(".dist-info/RECORD"):  # the dropped files leave the record too
+            data = "".join(line for line in data.decode().splitlines(True)
+                           if not dropped.search(line.split(",")[0])).encode()
+        target.writestr(item, data)
+slim.replace(wheel)
+PY
+fi
 # jsonschema (the config check, which the benchmarks' study variants go through) and what it needs.
 python3 -m pip download -q --only-binary=:all: --python-version "$PYTHON_VERSION" --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d "$OUT/wheels" jsonschema
@@ -47,6 +71,10 @@ if [ -n "${TRANSFORMERS:-}" ]; then
         "transformers==$TRANSFORMERS"
     # the image's own copies of these stay: replacing them would reach into what torch imports
     rm -f "$OUT"/transformers-wheels/{typing_extensions,numpy,packaging,pyyaml,PyYAML,tqdm,filelock,fsspec,regex}-*.whl
+    # one copy of each: pip refuses a wheel given twice (httpx2 and its kin come with both sets)
+    for wheel in "$OUT"/transformers-wheels/*.whl; do
+        [ -d "$OUT/workflow-wheels" ] && rm -f "$OUT/workflow-wheels/$(basename "$wheel" | cut -d- -f1)"-*.whl
+    done
 fi
 
 "$PYTHON" - "$OUT" <<'EOF'
