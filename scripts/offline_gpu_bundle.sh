@@ -71,9 +71,11 @@ if [ -n "${TRANSFORMERS:-}" ]; then
         "transformers==$TRANSFORMERS"
     # the image's own copies of these stay: replacing them would reach into what torch imports
     rm -f "$OUT"/transformers-wheels/{typing_extensions,numpy,packaging,pyyaml,PyYAML,tqdm,filelock,fsspec,regex}-*.whl
-    # one copy of each: pip refuses a wheel given twice (httpx2 and its kin come with both sets)
+    # one copy of each, or pip refuses the install: the base bundle's copies win (pygments), then these
+    # over the workflow's (httpx2 and its kin)
+    for wheel in "$OUT"/wheels/*.whl; do rm -f "$OUT/transformers-wheels/$(basename "$wheel" | cut -d- -f1)"-*.whl; done
     for wheel in "$OUT"/transformers-wheels/*.whl; do
-        [ -d "$OUT/workflow-wheels" ] && rm -f "$OUT/workflow-wheels/$(basename "$wheel" | cut -d- -f1)"-*.whl
+        if [ -d "$OUT/workflow-wheels" ]; then rm -f "$OUT/workflow-wheels/$(basename "$wheel" | cut -d- -f1)"-*.whl; fi
     done
 fi
 
