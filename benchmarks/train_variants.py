@@ -39,7 +39,7 @@ import torch
 import yaml
 
 import train_speed
-from peftbench import attention, graphs
+from peftbench import graphs
 from peftbench import train as train_module
 from peftbench import trainable as trainable_module
 from peftbench.methods import METHODS
@@ -118,8 +118,6 @@ def build_variant(config, method, knobs, model_dir, tokenizer, tiny):
         training["recompute_elementwise"] = bool(knobs["recompute"])
     if "cuda_graphs" in knobs:
         training["cuda_graphs"] = knobs["cuda_graphs"]
-    if knobs.get("attention") == attention.NAME:
-        attention.register()
     choice = (lambda device: knobs["attention"]) if "attention" in knobs else trainable_module.training_attention
     with mock.patch.object(trainable_module, "training_attention", choice):
         model, optimizer, scheduler, trainable = train_speed.peftbench_path(

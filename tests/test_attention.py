@@ -33,7 +33,6 @@ def reference_varlen(query, key, value, offsets, longest, scale, window):
 @pytest.fixture()
 def varlen_on_cpu(monkeypatch):
     monkeypatch.setattr(attention, "varlen_kernel", reference_varlen)
-    attention.register()
 
 
 def loss_and_grads(model, *batch, **kwargs):
@@ -99,7 +98,6 @@ def test_flash_attention_on_a_gpu_computes_what_padded_sdpa_computes(family, fam
     model_dir = family_model_dir(family)
     tokenizer = load_tokenizer(model_dir)
     examples = [encode_chat(tokenizer, c) for c in CONVERSATIONS]
-    attention.register()
     sdpa = load_model(model_dir, "bfloat16", "cuda", attention="sdpa")
     varlen = load_model(model_dir, "bfloat16", "cuda", attention=attention.NAME)
     got = loss_and_grads(varlen, *pack(examples, "cuda"))

@@ -50,7 +50,6 @@ def loss_and_grads(model, *batch):
 def test_a_padded_row_computes_what_the_unpadded_row_computes(monkeypatch, model_dir, examples, kernel):
     if kernel == attention.NAME:  # FlashAttention's offsets, with the filler and the empty slots
         monkeypatch.setattr(attention, "varlen_kernel", reference_varlen)
-        attention.register()
     model = load_model(model_dir, "float32", "cpu", attention=kernel)
     expected = loss_and_grads(model, *pack(examples, "cpu"))
     got = loss_and_grads(model, *pack(examples, "cpu", multiple=MULTIPLE, slots=SLOTS))

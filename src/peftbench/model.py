@@ -204,6 +204,10 @@ def load_model(model_dir, dtype="bfloat16", device="cpu", quantization_config=No
     """Load the base model in compute_dtype(dtype, device); never runs remote code, only safetensors weights."""
     from transformers import AutoModelForCausalLM
 
+    from peftbench import attention as packed_attention  # imported here: it imports this module
+
+    if attention == packed_attention.NAME:  # transformers accepts the name once it is registered
+        packed_attention.register()
     dtype = compute_dtype(dtype, device)
     if getattr(quantization_config, "bnb_4bit_compute_dtype", None) is not None:
         quantization_config.bnb_4bit_compute_dtype = DTYPES[dtype]  # 4-bit weights dequantize to this

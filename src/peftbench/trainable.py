@@ -155,7 +155,6 @@ def training_attention(device):
     (peftbench.attention), else flex attention, which skips the masked blocks (other examples, outside the
     sliding window); a CPU uses sdpa with the per-example mask transformers builds."""
     if attention.supported(device):
-        attention.register()
         return attention.NAME
     return "flex_attention" if str(device).startswith("cuda") else "sdpa"
 
