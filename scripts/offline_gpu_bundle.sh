@@ -19,6 +19,12 @@ PYTHON_VERSION=${PYTHON_VERSION:-3.12}
 PYTHON=${PYTHON:-.venv/bin/python}
 mkdir -p "$OUT/wheels"
 
+# One copy of each package across the sets, or pip refuses the install: drop from folder $2 every package
+# that folder $1 also has.
+drop_copies() {
+    for wheel in "$1"/*.whl; do rm -f "$2/$(basename "$wheel" | cut -d- -f1)"-*.whl; done
+}
+
 # bitsandbytes (QLoRA, the hybrid) ships manylinux_2_24 wheels; galore-torch is pure Python.
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PYTHON_VERSION" --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
@@ -58,8 +64,7 @@ if [ -n "${WORKFLOW:-}" ]; then
     "$PYTHON" -m pip wheel -q -w "$OUT/workflow-wheels/all" "snakemake>=9,<10" "datasets>=3,<6" nltk "gguf<1" \
         "rouge-score>=0.1.2,<0.2"
     "$PYTHON" scripts/workflow_wheels.py "$OUT/workflow-wheels" "$PYTHON_VERSION"
-    # one version of each package: the base bundle's copies win
-    for wheel in "$OUT"/wheels/*.whl; do rm -f "$OUT/workflow-wheels/$(basename "$wheel" | cut -d- -f1)"-*.whl; done
+    drop_copies "$OUT/wheels" "$OUT/workflow-wheels"  # the base bundle's copies win
 fi
 
 # TRANSFORMERS=VERSION (e.g. 5.24.0): also that transformers and the huggingface-hub, tokenizers and
@@ -71,12 +76,8 @@ if [ -n "${TRANSFORMERS:-}" ]; then
         "transformers==$TRANSFORMERS"
     # the image's own copies of these stay: replacing them would reach into what torch imports
     rm -f "$OUT"/transformers-wheels/{typing_extensions,numpy,packaging,pyyaml,PyYAML,tqdm,filelock,fsspec,regex}-*.whl
-    # one copy of each, or pip refuses the install: the base bundle's copies win (pygments), then these
-    # over the workflow's (httpx2 and its kin)
-    for wheel in "$OUT"/wheels/*.whl; do rm -f "$OUT/transformers-wheels/$(basename "$wheel" | cut -d- -f1)"-*.whl; done
-    for wheel in "$OUT"/transformers-wheels/*.whl; do
-        if [ -d "$OUT/workflow-wheels" ]; then rm -f "$OUT/workflow-wheels/$(basename "$wheel" | cut -d- -f1)"-*.whl; fi
-    done
+    drop_copies "$OUT/wheels" "$OUT/transformers-wheels"  # the base bundle's copies win (pygments)
+    drop_copies "$OUT/transformers-wheels" "$OUT/workflow-wheels"  # then these (httpx2 and its kin)
 fi
 
 "$PYTHON" - "$OUT" <<'EOF'
