@@ -19,7 +19,9 @@ import json
 import math
 import random
 import re
+import statistics
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import yaml
@@ -116,17 +118,54 @@ def decoding_seconds(log):
     return float(found[-1]) if found else None
 
 
-def train_parts(tsv, metrics_path, scale):
+def evaluations(study, fraction):
+    """How many validation losses one training run of the study measures at this fraction of its data: one
+    every eval_every steps, and one at the end unless the last step was one of them (peftbench.train)."""
+    training = study["training"]
+    examples = max(1, round(fraction * SIZES["train"])) * len(study["data"]["sources"])
+    steps = math.ceil(examples / training["batch_size"]) * training["epochs"]
+    every = training.get("eval_every", 0)
+    return (steps // every if every else 0) + (not every or steps % every != 0)
+
+
+def evaluation_seconds(metrics, log):
+    """Each validation loss's seconds in one training run. train_metrics.json records them; a run from before
+    it did (2026-12-02) has them from its log: the time from the "step N/T loss" line to the "step N/T
+    validation loss" line, and an evaluation with no such pair (the final one, off the log_every grid) is
+    the rest of validation_seconds."""
+    history = metrics.get("validation", [])
+    if history and all("seconds" in entry for entry in history):
+        return [entry["seconds"] for entry in history]
+    stamps = {}
+    pattern = r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO peftbench\.train: step (\d+)/\d+ (loss|validation loss)"
+    for stamp, step, what in re.findall(pattern, Path(log).read_text(errors="replace")):
+        stamps[(int(step), what)] = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f")
+    seconds = [(stamps[(e["step"], "validation loss")] - stamps[(e["step"], "loss")]).total_seconds()
+               if (e["step"], "loss") in stamps and (e["step"], "validation loss") in stamps else None for e in history]
+    unpaired = [i for i, s in enumerate(seconds) if s is None]
+    if len(unpaired) > 1:
+        raise SystemExit(f"{log}: {len(unpaired)} validation losses without a timed pair; cannot split them")
+    for i in unpaired:
+        seconds[i] = metrics["validation_seconds"] - sum(s for s in seconds if s is not None)
+    return seconds
+
+
+def train_parts(tsv, metrics_path, log, scale, evaluations_full):
     """A training job's measured seconds split by how each part grows with the data: setup (loading, wrapping)
     and CUDA-graph captures (the study meets its row lengths early) stay; the steps grow with the examples;
-    validation grows with the examples times the number of evaluations (every eval_every steps): scale^2."""
+    each validation loss grows with the examples (scale) and the full run measures `evaluations_full` of them,
+    except what the run's first evaluation took beyond the others (compiling the no-grad forward), which stays."""
     wall, metrics = wall_seconds(tsv), json.loads(Path(metrics_path).read_text())
     loop = metrics["train_seconds"]
     captures = (metrics.get("cuda_graphs") or {}).get("capture_seconds", 0.0)
     validation = metrics.get("validation_seconds", 0.0)
+    each = evaluation_seconds(metrics, log) if validation else []
+    typical = statistics.median(each[1:]) if len(each) > 1 else (each[0] if each else 0.0)
+    first_extra = each[0] - typical if each else 0.0
     steps = loop - captures - validation
     return {"wall_s": wall, "setup_s": wall - loop, "captures_s": captures, "validation_s": validation,
-            "steps_s": steps, "full_job_s": wall - loop + captures + scale ** 2 * validation + scale * steps}
+            "validation_first_extra_s": first_extra, "validation_each_s": typical, "steps_s": steps,
+            "full_job_s": wall - loop + captures + first_extra + evaluations_full * scale * typical + scale * steps}
 
 
 def summarise(args):
@@ -169,14 +208,18 @@ def summarise(args):
 
     # Training: per trained variant, the grid's rates at seed 0 (tuning) and the further seeds.
     train_jobs = grid + seeds - 1
+    evaluations_full = evaluations(study, 1.0)
+    validation_how = (f"first evaluation's extra + {evaluations_full} evaluations x {scale:g} x a later "
+                      f"evaluation's seconds")
     measured_train = {}
     for variant in trained:
         metrics, run = find("train", f"{variant}/seed0/trained/train_metrics.json")
         tsv = metrics and folders[run] / "benchmarks" / variant / "seed0/train.tsv"
         if tsv and tsv.exists():
-            measured_train[variant] = parts = train_parts(tsv, metrics, scale)
+            log = folders[run] / "logs" / variant / "seed0/train.log"
+            measured_train[variant] = parts = train_parts(tsv, metrics, log, scale, evaluations_full)
             row("train", variant, train_jobs, True, parts.pop("full_job_s"),
-                f"setup + captures + {scale:g}^2 x validation + {scale:g} x steps", run, **parts)
+                f"setup + captures + {validation_how} + {scale:g} x steps", run, **parts)
     for variant in trained:
         if variant in measured_train:
             continue
@@ -185,7 +228,8 @@ def summarise(args):
         ref = measured_train.get("lora")
         if ref and kind in speed:
             ratio = speed["lora"] / speed[kind]
-            full = ref["setup_s"] + ref["captures_s"] + scale ** 2 * ref["validation_s"] + scale * ratio * ref["steps_s"]
+            full = (ref["setup_s"] + ref["captures_s"] + ref["validation_first_extra_s"]
+                    + evaluations_full * scale * ref["validation_each_s"] + scale * ratio * ref["steps_s"])
             row("train", variant, train_jobs, False, full,
                 f"estimated: lora's measured job, steps x{ratio:.2f} (train.json: lora {speed['lora']:,.0f} / "
                 f"{kind} {speed[kind]:,.0f} tokens/s)")
@@ -229,8 +273,9 @@ def summarise(args):
         "arithmetic": (f"full study = sum over steps of (a job's time at full size) x (its jobs in the full "
                        f"study). Training: {grid} learning rates at seed 0 + {seeds - 1} further seeds = "
                        f"{train_jobs} jobs per trained variant; a job's setup and CUDA-graph captures stay, its "
-                       f"steps grow {scale:g}x and its validation {scale ** 2:g}x ({scale:g}x the examples, "
-                       f"{scale:g}x the evaluations). Generation: loading stays, decoding grows {scale:g}x, one "
+                       f"steps grow {scale:g}x; it measures {evaluations_full} validation losses instead of "
+                       f"{evaluations(study, args.fraction)}, each over {scale:g}x the examples, and its first "
+                       f"evaluation's extra seconds (compiling the no-grad forward) stay. Generation: loading stays, decoding grows {scale:g}x, one "
                        f"job per seed (the base once). Jobs one after another on one GPU."),
         "not_measured_in_this_run": [f"{r['step']} {r['variant']}" for r in rows if not r["measured"]] + missing,
         "not_counted": missing,

@@ -340,9 +340,12 @@ def train(variant_name, kind_name, model_dir, train_path, settings, training, ou
             return
         paused = time.perf_counter()
         loss = validation_loss(model, validation, training["batch_size"])
-        validation_history.append({"step": step, "loss": loss})
-        log.info("step %d/%d validation loss %s", step, total_steps, "not finite" if loss is None else f"{loss:.4f}")
         seconds = time.perf_counter() - paused
+        # each evaluation's own seconds: the first of a run also compiles the no-grad forward (once), which
+        # the study's wall-clock extrapolation (benchmarks/study_gpu.py) must not scale with the data
+        validation_history.append({"step": step, "loss": loss, "seconds": seconds})
+        log.info("step %d/%d validation loss %s (%.1f s)", step, total_steps,
+                 "not finite" if loss is None else f"{loss:.4f}", seconds)
         progress_state["validation_seconds"] += seconds
         paused_seconds += seconds
 
