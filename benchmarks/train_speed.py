@@ -352,9 +352,10 @@ def main(argv=None):
     parser.add_argument("--tiny", action="store_true", help="toy model on CPU (smoke test)")
     parser.add_argument("--checkpointing", action="store_true",
                         help="also measure peftbench's path with training.gradient_checkpointing: true")
-    parser.add_argument("--knobs", nargs="+", metavar="KNOB=VALUE", default=[],
+    parser.add_argument("--knobs", nargs="+", metavar="KNOB=VALUE", action="append", default=[],
                         help="also measure peftbench's path with these memory knobs of a variant "
-                             "(checkpoint_layers=N, recompute_elementwise=true) over the variant's own")
+                             "(checkpoint_layers=N, recompute_elementwise=true) over the variant's own; "
+                             "given again, one more path per set, all side by side in the one process")
     parser.add_argument("--no-kbit-rows", action="store_true",
                         help="skip the 'plain + kbit prep' rows of the 4-bit methods")
     parser.add_argument("--order", choices=["alternate", "plain-first", "peftbench-first"], default="alternate",
@@ -371,12 +372,15 @@ def main(argv=None):
         Path(args.out, Path(args.render).with_suffix(".md").name).write_text(markdown)
         return
 
-    knobs = {}
-    for knob in args.knobs:
-        key, _, value = knob.partition("=")
-        if key not in KNOBS:
-            parser.error(f"--knobs: {key} is not a memory knob ({', '.join(KNOBS)})")
-        knobs[key] = value.lower() == "true" if KNOBS[key]["type"] == "boolean" else int(value)
+    knob_sets = {}  # "peftbench + KNOB=VALUE ..." -> the knobs, one path per --knobs
+    for given in args.knobs:
+        knobs = {}
+        for knob in given:
+            key, _, value = knob.partition("=")
+            if key not in KNOBS:
+                parser.error(f"--knobs: {key} is not a memory knob ({', '.join(KNOBS)})")
+            knobs[key] = value.lower() == "true" if KNOBS[key]["type"] == "boolean" else int(value)
+        knob_sets["peftbench + " + " ".join(given)] = knobs
     started = time.perf_counter()
     burned = burn_in(0 if args.tiny else args.burn_in)
     print(f"burn-in: {burned} products of 8192^2 in {time.perf_counter() - started:.0f} s", flush=True)
@@ -425,8 +429,8 @@ def main(argv=None):
         fast_paths = {"peftbench": variant_training}
         if args.checkpointing:  # the same path with the memory knob on
             fast_paths["peftbench + checkpointing"] = dict(variant_training, gradient_checkpointing=True)
-        if knobs:
-            fast_paths["peftbench + " + " ".join(args.knobs)] = {**variant_training, **knobs}
+        for path, knobs in knob_sets.items():
+            fast_paths[path] = {**variant_training, **knobs}
         plain_first = {"plain-first": True, "peftbench-first": False}.get(args.order, index % 2 == 0)
         order = plain_paths + list(fast_paths) if plain_first else list(fast_paths) + plain_paths
         results[method] = {}
