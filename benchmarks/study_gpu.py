@@ -163,9 +163,12 @@ def train_parts(tsv, metrics_path, log, scale, evaluations_full):
     typical = statistics.median(each[1:]) if len(each) > 1 else (each[0] if each else 0.0)
     first_extra = each[0] - typical if each else 0.0
     steps = loop - captures - validation
-    return {"wall_s": wall, "setup_s": wall - loop, "captures_s": captures, "validation_s": validation,
+    encode = metrics.get("encode_seconds", 0.0)  # runs before 2026-12-03 did not time it: it stays in setup
+    setup = wall - loop - encode
+    return {"wall_s": wall, "setup_s": setup, "encode_s": encode, "captures_s": captures, "validation_s": validation,
             "validation_first_extra_s": first_extra, "validation_each_s": typical, "steps_s": steps,
-            "full_job_s": wall - loop + captures + first_extra + evaluations_full * scale * typical + scale * steps}
+            "full_job_s": setup + scale * encode + captures + first_extra + evaluations_full * scale * typical
+            + scale * steps}
 
 
 def summarise(args):
@@ -219,7 +222,7 @@ def summarise(args):
             log = folders[run] / "logs" / variant / "seed0/train.log"
             measured_train[variant] = parts = train_parts(tsv, metrics, log, scale, evaluations_full)
             row("train", variant, train_jobs, True, parts.pop("full_job_s"),
-                f"setup + captures + {validation_how} + {scale:g} x steps", run, **parts)
+                f"setup + {scale:g} x encoding + captures + {validation_how} + {scale:g} x steps", run, **parts)
     for variant in trained:
         if variant in measured_train:
             continue
@@ -228,7 +231,7 @@ def summarise(args):
         ref = measured_train.get("lora")
         if ref and kind in speed:
             ratio = speed["lora"] / speed[kind]
-            full = (ref["setup_s"] + ref["captures_s"] + ref["validation_first_extra_s"]
+            full = (ref["setup_s"] + scale * ref["encode_s"] + ref["captures_s"] + ref["validation_first_extra_s"]
                     + evaluations_full * scale * ref["validation_each_s"] + scale * ratio * ref["steps_s"])
             row("train", variant, train_jobs, False, full,
                 f"estimated: lora's measured job, steps x{ratio:.2f} (train.json: lora {speed['lora']:,.0f} / "
@@ -273,7 +276,7 @@ def summarise(args):
         "arithmetic": (f"full study = sum over steps of (a job's time at full size) x (its jobs in the full "
                        f"study). Training: {grid} learning rates at seed 0 + {seeds - 1} further seeds = "
                        f"{train_jobs} jobs per trained variant; a job's setup and CUDA-graph captures stay, its "
-                       f"steps grow {scale:g}x; it measures {evaluations_full} validation losses instead of "
+                       f"encoding of the data (where timed) and its steps grow {scale:g}x; it measures {evaluations_full} validation losses instead of "
                        f"{evaluations(study, args.fraction)}, each over {scale:g}x the examples, and its first "
                        f"evaluation's extra seconds (compiling the no-grad forward) stay. Generation: loading stays, decoding grows {scale:g}x, one "
                        f"job per seed (the base once). Jobs one after another on one GPU."),

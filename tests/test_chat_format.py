@@ -58,6 +58,21 @@ def test_gemma_template_gives_the_hand_written_formats_tokens(messages):
     assert fmt.turn_tokens == ["<start_of_turn>", "<end_of_turn>"]
 
 
+@pytest.mark.parametrize("make", [gemma_tokenizer, chatml_tokenizer])
+def test_a_batch_encodes_each_conversation_as_alone(make):
+    """Training and generation encode their whole sets in one tokenizer call: each conversation's tokens and
+    labels are exactly its own, whatever comes before or after it in the batch."""
+    fmt = ChatFormat(make())
+    conversations = CONVERSATIONS + [[{"role": "system", "content": "Answer briefly."}] + CONVERSATIONS[0],
+                                     CONVERSATIONS[1][:2], CONVERSATIONS[0]]
+    alone = [fmt.encode_chats([messages])[0] for messages in conversations]
+    assert fmt.encode_chats(conversations) == alone
+    assert alone[0] == alone[-1] and alone[1] != alone[3]
+    prompts = [messages[:-1] for messages in conversations]
+    assert fmt.encode_prompts(prompts) == [fmt.encode_prompts([p])[0] for p in prompts]
+    assert fmt.encode_chats([]) == [] and fmt.encode_prompts([]) == []
+
+
 def test_chatml_answers_are_the_only_trained_tokens_and_end_with_the_turn():
     tokenizer = chatml_tokenizer()
     fmt = ChatFormat(tokenizer)

@@ -46,10 +46,11 @@ def test_a_training_job_at_full_size(tmp_path):
     metrics = tmp_path / "train_metrics.json"
     metrics.write_text(json.dumps({
         "train_seconds": 110.0, "cuda_graphs": {"capture_seconds": 50.0}, "validation_seconds": 12.0,
+        "encode_seconds": 5.0,
         "validation": [{"step": s, "loss": 1.0, "seconds": t} for s, t in ((250, 9.0), (500, 1.0), (750, 1.0),
                                                                            (938, 1.0))]}))
     parts = study_gpu.train_parts(tsv, metrics, tmp_path / "unused.log", scale=4, evaluations_full=15)
-    assert parts["setup_s"] == 40.0 and parts["steps_s"] == 48.0
+    assert parts["setup_s"] == 35.0 and parts["encode_s"] == 5.0 and parts["steps_s"] == 48.0
     assert parts["validation_first_extra_s"] == 8.0 and parts["validation_each_s"] == 1.0
-    # setup and captures stay, the compile stays, 15 evaluations over 4x the examples, 4x the steps
-    assert parts["full_job_s"] == pytest.approx(40 + 50 + 8 + 15 * 4 * 1.0 + 4 * 48)
+    # setup and captures stay, encoding grows, the compile stays, 15 evaluations over 4x the examples, 4x the steps
+    assert parts["full_job_s"] == pytest.approx(35 + 4 * 5 + 50 + 8 + 15 * 4 * 1.0 + 4 * 48)

@@ -20,9 +20,19 @@ def encode_chat(tokenizer, messages):
     return format_of(tokenizer).encode_chat(messages)
 
 
+def encode_chats(tokenizer, conversations):
+    """encode_chat of each conversation, tokenized in one batch (on all the CPU's cores)."""
+    return format_of(tokenizer).encode_chats(conversations)
+
+
 def encode_prompt(tokenizer, messages):
     """Token ids of the conversation so far, ending where the model's answer starts."""
     return format_of(tokenizer).encode_prompt(messages)
+
+
+def encode_prompts(tokenizer, prompts):
+    """encode_prompt of each, tokenized in one batch."""
+    return format_of(tokenizer).encode_prompts(prompts)
 
 
 def end_of_turn_id(tokenizer) -> int:

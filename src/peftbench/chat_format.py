@@ -120,8 +120,38 @@ class ChatFormat:
     def encode_chat(self, messages):
         """Token ids of a whole conversation and labels that are IGNORE_INDEX everywhere but the assistant's
         answers (each answer's tokens through its end-of-turn token, so the model learns to stop)."""
-        messages = self.prepare(messages)
-        input_ids, labels, rendered = [], [], ""
+        return self.encode_chats([messages])[0]
+
+    def encode_chats(self, conversations):
+        """encode_chat of each conversation, with all their text tokenized in one batch: the tokenizer
+        splits a batch over the CPU's cores, where one text at a time takes one (each training job encodes
+        its whole training set)."""
+        pieces, spans = [], []  # spans: per conversation, its pieces' (role, index in pieces)
+        for messages in conversations:
+            parts = []
+            for text, role in self._pieces(self.prepare(messages)):
+                parts.append((role, len(pieces)))
+                pieces.append(text)
+            spans.append(parts)
+        ids = self.tokenizer(pieces, add_special_tokens=False)["input_ids"] if pieces else []
+        encoded = []
+        for parts in spans:
+            input_ids, labels = [], []
+            for role, index in parts:
+                piece = ids[index]
+                if role == "answer":
+                    stop = piece.index(self.end_of_turn_id) + 1 if self.end_of_turn_id in piece else len(piece)
+                    labels += piece[:stop] + [IGNORE_INDEX] * (len(piece) - stop)
+                else:
+                    labels += [IGNORE_INDEX] * len(piece)
+                input_ids += piece
+            encoded.append((input_ids, labels))
+        return encoded
+
+    def _pieces(self, messages):
+        """The rendered conversation cut into (text, "context" | "answer") pieces: before each answer what
+        rendering up to it with the generation prompt adds, then what the answer itself adds, then the rest."""
+        pieces, rendered = [], ""
         for i, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
@@ -130,18 +160,19 @@ class ChatFormat:
             if not before.startswith(rendered) or not after.startswith(before):
                 raise UserError(f"{self.model_name}'s chat template re-renders earlier turns when a later one is "
                                 "added: set model.chat_template to a template whose turns only append")
-            context, answer = self._ids(before[len(rendered):]), self._ids(after[len(before):])
-            stop = answer.index(self.end_of_turn_id) + 1 if self.end_of_turn_id in answer else len(answer)
-            input_ids += context + answer
-            labels += [IGNORE_INDEX] * len(context) + answer[:stop] + [IGNORE_INDEX] * (len(answer) - stop)
+            pieces += [(before[len(rendered):], "context"), (after[len(before):], "answer")]
             rendered = after
-        tail = self._render(messages)[len(rendered):] if rendered else self._render(messages)
-        tail_ids = self._ids(tail)
-        return input_ids + tail_ids, labels + [IGNORE_INDEX] * len(tail_ids)
+        pieces.append((self._render(messages)[len(rendered):], "tail"))
+        return pieces
 
     def encode_prompt(self, messages):
         """Token ids of the conversation so far, ending where the model's answer starts."""
-        return self._ids(self._render(self.prepare(messages), generation_prompt=True))
+        return self.encode_prompts([messages])[0]
+
+    def encode_prompts(self, prompts):
+        """encode_prompt of each, tokenized in one batch (as encode_chats)."""
+        texts = [self._render(self.prepare(messages), generation_prompt=True) for messages in prompts]
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
 
 
 def split_prompt_reference(messages):

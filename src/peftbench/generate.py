@@ -32,7 +32,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm import tqdm
 
 from peftbench import attention
-from peftbench.chat import encode_prompt, split_prompt_reference, stop_ids
+from peftbench.chat import encode_prompts, split_prompt_reference, stop_ids
 from peftbench.errors import UserError
 from peftbench.io import read_json, read_jsonl, write_json, write_jsonl
 from peftbench.methods import METHODS
@@ -528,7 +528,7 @@ def generate(kind_name, model_dir, trained_dir, test_path, settings, generation,
         if model is None:  # load only when something is left to do
             tokenizer = load_tokenizer(model_dir)
             model = load_for_eval(METHODS[kind_name], model_dir, trained_dir, settings, device, dtype)
-        prompts = [encode_prompt(tokenizer, prompt) for prompt, _ in split[first : first + chunk_prompts]]
+        prompts = encode_prompts(tokenizer, [prompt for prompt, _ in split[first : first + chunk_prompts]])
         try:
             chunk = greedy_answers(model, tokenizer, prompts, generation["max_new_tokens"],
                                    generation["batch_size"], device)

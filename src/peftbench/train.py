@@ -25,7 +25,7 @@ from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
 from peftbench import attention, graphs
-from peftbench.chat import IGNORE_INDEX, encode_chat
+from peftbench.chat import IGNORE_INDEX, encode_chats
 from peftbench.checkpoint import Checkpoints, file_sha256
 from peftbench.io import atomic_dir, read_json, read_jsonl, write_json
 from peftbench.methods import find_kind
@@ -287,12 +287,14 @@ def train(variant_name, kind_name, model_dir, train_path, settings, training, ou
     device = resolve_device(device)
     torch.manual_seed(seed)
     tokenizer = load_tokenizer(model_dir)
-    examples = [encode_chat(tokenizer, row["messages"]) for row in read_jsonl(train_path)]
+    encoding = time.perf_counter()  # grows with the data, unlike the rest of a job's setup
+    examples = encode_chats(tokenizer, [row["messages"] for row in read_jsonl(train_path)])
     if not examples:
         raise UserError(f"{train_path} holds no examples: check data.sources in the config")
     lengths = [len(ids) for ids, _ in examples]
-    validation = [encode_chat(tokenizer, row["messages"]) for row in read_jsonl(validation_path)] \
+    validation = encode_chats(tokenizer, [row["messages"] for row in read_jsonl(validation_path)]) \
         if validation_path else []
+    encode_seconds = time.perf_counter() - encoding
     eval_every = training.get("eval_every", 0)
     model, groups = build_trainable(method, model_dir, settings, training, tokenizer, device, dtype)
     model.train()
@@ -433,6 +435,7 @@ def train(variant_name, kind_name, model_dir, train_path, settings, training, ou
         if validation_history and progress_state["diverged_at_step"] is None else None,
         "validation_examples": len(validation),
         "validation_seconds": progress_state["validation_seconds"],
+        "encode_seconds": encode_seconds,  # reading and tokenizing the training and validation sets
         "diverged_at_step": progress_state["diverged_at_step"],
     }
     with atomic_dir(out_dir) as tmp:
