@@ -19,7 +19,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from peftbench.chat import encode_chat, split_prompt_reference
+from peftbench.chat import encode_chats, split_prompt_reference
 from peftbench.io import jsonl_sha256, read_json, write_json, write_jsonl
 from peftbench.errors import UserError
 from peftbench.model import load_tokenizer
@@ -221,13 +221,26 @@ def draw(dataset, source, seed, tokenizer, max_length, n_wanted, dropped, length
     kept, seen = [], set(held_out["prompts"]) if held_out else set()
     skip = held_out["indices"] if held_out else set()
     visited = set() if visited is None else visited
-    for digest, index in seeded_order(dataset, source["name"], seed):
+    order = [(digest, index) for digest, index in seeded_order(dataset, source["name"], seed) if index not in skip]
+    normalized, token_lengths = {}, {}  # by row index: filled a chunk of rows ahead of the walk
+
+    def look_ahead(position):
+        """Normalize the next rows of the walk and tokenize the usable ones in one batch (the tokenizer splits
+        a batch over the CPU's cores): about twice as many as are still wanted, at least 64."""
+        chunk = [index for _, index in order[position : position + min(4096, max(64, 2 * (n_wanted - len(kept))))]]
+        for index in chunk:
+            normalized[index] = normalize(dataset[index], source["format"])
+        usable = [index for index in chunk if normalized[index][0] is not None]
+        for index, (ids, _) in zip(usable, encode_chats(tokenizer, [normalized[i][0] for i in usable])):
+            token_lengths[index] = len(ids)
+
+    for position, (digest, index) in enumerate(order):
         if len(kept) == n_wanted:
             break
-        if index in skip:
-            continue
         visited.add(index)
-        messages, reason = normalize(dataset[index], source["format"])
+        if index not in normalized:
+            look_ahead(position)
+        messages, reason = normalized.pop(index)
         if messages is None:
             dropped[reason] += 1
             continue
@@ -236,7 +249,7 @@ def draw(dataset, source, seed, tokenizer, max_length, n_wanted, dropped, length
             dropped[held_out.get("label", "prompt also in test") if held_out and key in held_out["prompts"]
                     else "duplicate prompt"] += 1
             continue
-        n_tokens = len(encode_chat(tokenizer, messages)[0])
+        n_tokens = token_lengths.pop(index)
         if n_tokens > max_length:
             dropped["longer than max_length"] += 1
             continue
