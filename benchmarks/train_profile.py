@@ -1,10 +1,12 @@
-"""Where peftbench's training step spends its time at the gemma-3-1b-it shape: wall time per step, GPU
-kernel time per step, and the kernels and operators that take it, for each method.
+"""Where peftbench's training step spends its time at the gemma-3-1b-it shape (or another of train_speed.py's
+shapes): wall time per step, GPU kernel time per step, and the kernels and operators that take it, for each
+method.
 
 Same model, synthetic batches and training path as train_speed.py (peftbench's path only); one untimed
 pass over the batches first, so compilation and first-use costs are not in the profile.
 
   python benchmarks/train_profile.py --tokenizer DIR --methods lora galore   # GPU: writes train_profile.md
+  python benchmarks/train_profile.py --shape qwen2.5-0.5b --methods galore     # train_profile_qwen2.5-0.5b.md
   python benchmarks/train_profile.py --tiny --steps 2 --out /tmp              # CPU smoke test
 """
 import argparse
@@ -22,7 +24,9 @@ from peftbench.train import batch_order, training_step
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokenizer", help="folder with a Gemma 3 tokenizer")
+    parser.add_argument("--shape", choices=sorted(train_speed.SHAPES), default="gemma-3-1b",
+                        help="the architecture profiled")
+    parser.add_argument("--tokenizer", help="folder with a Gemma 3 tokenizer (gemma-3-1b only)")
     parser.add_argument("--methods", nargs="+", default=["lora", "qlora", "galore", "hybrid"])
     parser.add_argument("--steps", type=int, default=10, help="optimizer steps: timed, then profiled")
     parser.add_argument("--rows", type=int, default=25, help="operators listed per table")
@@ -32,7 +36,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     config = yaml.safe_load((train_speed.ROOT / "config.yaml").read_text())
-    model_dir = train_speed.make_model_dir(Path(args.work), args.tokenizer, args.tiny)
+    model_dir = train_speed.make_model_dir(Path(args.work), args.tokenizer, args.tiny, args.shape)
     from peftbench.model import load_tokenizer, model_path
     from transformers import AutoConfig
 
@@ -44,7 +48,8 @@ def main(argv=None):
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     sort_key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     command = "python benchmarks/train_profile.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    lines = [f"# Where the training step's time goes ({torch.cuda.get_device_name() if cuda else 'cpu'})", "",
+    machine = torch.cuda.get_device_name() if cuda else "cpu"
+    lines = [f"# Where the training step's time goes ({args.shape} shape, {machine})", "",
              f"Command: `{command}`", ""]
     for method in args.methods:
         kind, settings, training = train_speed.study_variant(method, args.tiny)
@@ -80,7 +85,8 @@ def main(argv=None):
         train_speed.free_memory()
         out = Path(args.out)  # written after every method: a run cut short keeps what it measured
         out.mkdir(parents=True, exist_ok=True)
-        (out / "train_profile.md").write_text("\n".join(lines))
+        name = "train_profile.md" if args.shape == "gemma-3-1b" else f"train_profile_{args.shape}.md"
+        (out / name).write_text("\n".join(lines))
 
 
 if __name__ == "__main__":
