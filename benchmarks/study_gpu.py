@@ -140,8 +140,11 @@ def evaluation_seconds(metrics, log):
     pattern = r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO peftbench\.train: step (\d+)/\d+ (loss|validation loss)"
     for stamp, step, what in re.findall(pattern, Path(log).read_text(errors="replace")):
         stamps[(int(step), what)] = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f")
-    seconds = [(stamps[(e["step"], "validation loss")] - stamps[(e["step"], "loss")]).total_seconds()
-               if (e["step"], "loss") in stamps and (e["step"], "validation loss") in stamps else None for e in history]
+
+    def timed(step):
+        start, end = stamps.get((step, "loss")), stamps.get((step, "validation loss"))
+        return (end - start).total_seconds() if start and end else None
+    seconds = [timed(entry["step"]) for entry in history]
     unpaired = [i for i, s in enumerate(seconds) if s is None]
     if len(unpaired) > 1:
         raise SystemExit(f"{log}: {len(unpaired)} validation losses without a timed pair; cannot split them")
@@ -165,8 +168,9 @@ def train_parts(tsv, metrics_path, log, scale, evaluations_full):
     steps = loop - captures - validation
     encode = metrics.get("encode_seconds", 0.0)  # runs before 2026-12-03 did not time it: it stays in setup
     setup = wall - loop - encode
-    return {"wall_s": wall, "setup_s": setup, "encode_s": encode, "captures_s": captures, "validation_s": validation,
-            "validation_first_extra_s": first_extra, "validation_each_s": typical, "steps_s": steps,
+    return {"wall_s": wall, "setup_s": setup, "encode_s": encode, "captures_s": captures,
+            "validation_s": validation, "validation_first_extra_s": first_extra, "validation_each_s": typical,
+            "steps_s": steps,
             "full_job_s": setup + scale * encode + captures + first_extra + evaluations_full * scale * typical
             + scale * steps}
 
@@ -276,10 +280,11 @@ def summarise(args):
         "arithmetic": (f"full study = sum over steps of (a job's time at full size) x (its jobs in the full "
                        f"study). Training: {grid} learning rates at seed 0 + {seeds - 1} further seeds = "
                        f"{train_jobs} jobs per trained variant; a job's setup and CUDA-graph captures stay, its "
-                       f"encoding of the data (where timed) and its steps grow {scale:g}x; it measures {evaluations_full} validation losses instead of "
-                       f"{evaluations(study, args.fraction)}, each over {scale:g}x the examples, and its first "
-                       f"evaluation's extra seconds (compiling the no-grad forward) stay. Generation: loading stays, decoding grows {scale:g}x, one "
-                       f"job per seed (the base once). Jobs one after another on one GPU."),
+                       f"encoding of the data (where timed) and its steps grow {scale:g}x; it measures "
+                       f"{evaluations_full} validation losses instead of {evaluations(study, args.fraction)}, each "
+                       f"over {scale:g}x the examples, and its first evaluation's extra seconds (compiling the "
+                       f"no-grad forward) stay. Generation: loading stays, decoding grows {scale:g}x, one job per "
+                       f"seed (the base once). Jobs one after another on one GPU."),
         "not_measured_in_this_run": [f"{r['step']} {r['variant']}" for r in rows if not r["measured"]] + missing,
         "not_counted": missing,
         "steps": rows,
