@@ -17,7 +17,10 @@ For each method, in the same process and run, on the same synthetic batches:
              number of examples per optimizer step, grouped by length (so less padding).
 
 Every path is measured the same way: one untimed warm-up pass over its batches, then --passes timed passes,
-median kept. The process first keeps the GPU busy for --burn-in seconds (clocks, lazy CUDA initialisation),
+median kept. GaLore's projection refresh (an SVD of every projected gradient, once per update_proj_gap steps:
+200 in config.yaml) falls in no timed pass, so a GaLore path (galore, hybrid) also times it: the same batch
+stepped with every refresh due and not due, alternating, median difference; `refresh` in its result, and
+`tokens_per_s_with_refresh`, the pass's tokens over its time plus one refresh per update_proj_gap steps. The process first keeps the GPU busy for --burn-in seconds (clocks, lazy CUDA initialisation),
 the order of plain and peftbench alternates from method to method (--order), and the process's first
 measurement is measured again at the end (first_in_process_check): a first-in-process effect shows there.
 
@@ -226,6 +229,49 @@ def measure(step, batches, passes=3):
     return result
 
 
+def projected_states(optimizer):
+    """(state, update_proj_gap) of every GaLore-projected weight: galore-torch's GaLoreAdamW and peftbench's
+    keep the same per-weight state, whose step counter a refresh is due on (step % update_proj_gap == 0)."""
+    return [(optimizer.state[p], group["update_proj_gap"]) for group in optimizer.param_groups if "rank" in group
+            for p in group["params"] if "step" in optimizer.state.get(p, {})]
+
+
+def time_refresh(step, batch, optimizer, repeats=3):
+    """Seconds that a projection refresh adds to a step: the same batch stepped with no refresh due, then with
+    every projector's refresh due (its step counter moved to the next multiple of the gap), `repeats` times,
+    median of the differences. None for an optimizer without GaLore groups. The counters only pick when the
+    refresh happens (and Adam's bias correction, a scalar), so the work is the training's own."""
+    states = projected_states(optimizer)
+    if not states:
+        return None
+    cuda = torch.cuda.is_available()
+
+    def timed(due):
+        for state, gap in states:
+            if due:
+                state["step"] = (state["step"] // gap + 1) * gap
+            elif state["step"] % gap == 0:
+                state["step"] += 1
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        step(batch)
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    extras = sorted(-timed(False) + timed(True) for _ in range(repeats))
+    return {"seconds": extras[len(extras) // 2], "seconds_each": extras, "every_steps": states[0][1],
+            "matrices": len(states)}
+
+
+def with_refresh(result, steps_per_pass):
+    """The pass's tokens/s with one refresh per update_proj_gap steps added to its time."""
+    refresh = result["refresh"]
+    seconds = result["tokens"] / result["tokens_per_s"] + steps_per_pass / refresh["every_steps"] * refresh["seconds"]
+    return result["tokens"] / seconds
+
+
 def peftbench_path(kind, model_dir, settings, training, tokenizer):
     """peftbench's trainable model in train mode, its optimizer, a constant schedule and the trained
     parameters, exactly as peftbench.train builds them (the schedule's shape does not change a step's cost)."""
@@ -407,15 +453,26 @@ def main(argv=None):
         """Build one path, measure it, free it: its result dict."""
         if path.startswith("plain"):
             model, optimizer, trainable = plain_model(kind, model_dir, settings, kbit_prep=path != "plain")
-            result = measure(lambda b: plain_step(model, optimizer, b, tokenizer.pad_token_id, trainable),
-                             batches, args.passes)
-            del model, optimizer, trainable
+            step = lambda b: plain_step(model, optimizer, b, tokenizer.pad_token_id, trainable)  # noqa: E731
+            ordered = batches
         else:
             model, optimizer, scheduler, trainable = peftbench_path(kind, model_dir, settings, training, tokenizer)
-            result = measure(lambda b: training_step(model, optimizer, scheduler, b, trainable, 1.0),
-                             grouped, args.passes)
+            step = lambda b: training_step(model, optimizer, scheduler, b, trainable, 1.0)  # noqa: E731
+            ordered = grouped
+        result = measure(step, ordered, args.passes)
+        if not path.startswith("plain"):
             result["cuda_graphs"] = graph_metrics(causal_lm(model))  # captured in the warm-up pass
-            del model, optimizer, scheduler, trainable
+        # a batch of the pass's median length: both paths refresh the same matrices
+        refresh = time_refresh(step, sorted(ordered, key=lambda b: sum(len(ids) for ids, _ in b))[len(ordered) // 2],
+                               optimizer)
+        if refresh is not None:
+            result["refresh"] = refresh
+            result["tokens_per_s_with_refresh"] = with_refresh(result, len(ordered))
+            if torch.cuda.is_available():  # the peak since measure() began, the refresh's SVDs included
+                result["peak_alloc_gb_with_refresh"] = graphs.max_memory_allocated() / 1e9
+        del model, optimizer, trainable, step
+        if not path.startswith("plain"):
+            del scheduler
             torch._dynamo.reset()
         free_memory()
         return result
@@ -457,6 +514,8 @@ def main(argv=None):
             results[method].setdefault("other_paths", {})[path] = {
                 "speedup": other["tokens_per_s"] / p["tokens_per_s"],
                 "memory_ratio": other["peak_alloc_gb"] / p["peak_alloc_gb"] if "peak_alloc_gb" in p else None}
+        if "refresh" in p and "refresh" in f:
+            results[method]["speedup_with_refresh"] = f["tokens_per_s_with_refresh"] / p["tokens_per_s_with_refresh"]
         if "plain + kbit prep" in paths:
             results[method]["speedup_vs_kbit_prep"] = f["tokens_per_s"] / paths["plain + kbit prep"]["tokens_per_s"]
         study_tokens = STUDY_EXAMPLES * STUDY_EPOCHS * mean_length
@@ -579,6 +638,18 @@ def render_markdown(report):
         for path, other in r.get("other_paths", {}).items():
             ratio = "" if other["memory_ratio"] is None else f"{other['memory_ratio']:.2f}"
             lines.append(f"| {method}, {path} | {other['speedup']:.2f}x | {ratio} | |")
+    refreshed = {m: r for m, r in results.items() if "speedup_with_refresh" in r}
+    if refreshed:
+        lines += ["", "GaLore's projection refresh (an SVD of every projected gradient, once per update_proj_gap "
+                  "steps), which no timed pass holds, timed apart on a batch of the median length and counted at "
+                  "its rate:", "",
+                  "| method | path | refresh (s) | every (steps) | tokens/s with refresh | speed-up with refresh |",
+                  "|---|---|---|---|---|---|"]
+        for method, r in refreshed.items():
+            for path, ratio in (("plain", ""), ("peftbench", f"{r['speedup_with_refresh']:.2f}x")):
+                m = r[path]
+                lines.append(f"| {method} | {path} | {m['refresh']['seconds']:.2f} | {m['refresh']['every_steps']} | "
+                             f"{m['tokens_per_s_with_refresh']:,.0f} | {ratio} |")
     return "\n".join(lines) + "\n"
 
 

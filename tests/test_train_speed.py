@@ -1,0 +1,63 @@
+"""benchmarks/train_speed.py's timing of GaLore's projection refresh: the SVD that no timed pass holds must
+happen in every "due" step, for every projected weight, and in no other, for galore-torch's optimizer (the
+plain recipe's) and peftbench's alike; and the refresh is counted at its rate."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from galore_torch import GaLoreAdamW
+
+from peftbench.methods.galore import galore_adamw, galore_group
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("train_speed", ROOT / "benchmarks/train_speed.py")
+train_speed = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(train_speed)
+
+GAP = 200
+
+
+@pytest.mark.parametrize("make_optimizer", [lambda g: GaLoreAdamW(g, no_deprecation_warning=True), galore_adamw],
+                         ids=["galore-torch", "peftbench"])
+def test_a_refresh_is_timed_in_due_steps_only(make_optimizer, monkeypatch):
+    torch.manual_seed(0)
+    weights = [torch.nn.Parameter(torch.randn(shape)) for shape in [(48, 16), (16, 40)]]
+    extra = [torch.nn.Parameter(torch.randn(5))]
+    optimizer = make_optimizer([galore_group(weights, 4, GAP, 0.25, 1e-3, 0.0),
+                                {"params": extra, "lr": 1e-3, "weight_decay": 0.0}])
+
+    def step(batch):
+        for p in weights + extra:
+            p.grad = torch.randn(p.shape)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(3):  # as after the measured passes: projectors made, counters off the gap's multiples
+        step(None)
+    svds = []
+    real_svd = torch.linalg.svd
+    monkeypatch.setattr(torch.linalg, "svd", lambda *a, **k: svds.append(a[0].shape) or real_svd(*a, **k))
+    calls = []
+
+    def counted_step(batch):
+        before = len(svds)
+        step(batch)
+        calls.append(len(svds) - before)
+
+    refresh = train_speed.time_refresh(counted_step, None, optimizer, repeats=3)
+    assert calls == [0, 2] * 3  # not due, then due for both projected weights, three times
+    assert refresh["every_steps"] == GAP and refresh["matrices"] == 2 and len(refresh["seconds_each"]) == 3
+    assert [state["step"] for state, _ in train_speed.projected_states(optimizer)] == [3 * GAP + 1] * 2
+
+
+def test_an_optimizer_without_projections_has_no_refresh():
+    weight = torch.nn.Parameter(torch.randn(4, 4))
+    optimizer = torch.optim.AdamW([weight])
+    assert train_speed.time_refresh(lambda batch: None, None, optimizer) is None
+
+
+def test_the_refresh_is_counted_once_per_gap_steps():
+    # a pass of 10 steps, 1,000 tokens in 1 s; a refresh of 2 s every 200 steps adds 0.1 s to the pass
+    result = {"tokens": 1000, "tokens_per_s": 1000.0, "refresh": {"seconds": 2.0, "every_steps": 200}}
+    assert train_speed.with_refresh(result, 10) == pytest.approx(1000 / 1.1)
