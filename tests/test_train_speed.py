@@ -61,3 +61,34 @@ def test_the_refresh_is_counted_once_per_gap_steps():
     # a pass of 10 steps, 1,000 tokens in 1 s; a refresh of 2 s every 200 steps adds 0.1 s to the pass
     result = {"tokens": 1000, "tokens_per_s": 1000.0, "refresh": {"seconds": 2.0, "every_steps": 200}}
     assert train_speed.with_refresh(result, 10) == pytest.approx(1000 / 1.1)
+
+
+galore_refresh_spec = importlib.util.spec_from_file_location("galore_refresh", ROOT / "benchmarks/galore_refresh.py")
+galore_refresh = importlib.util.module_from_spec(galore_refresh_spec)
+galore_refresh_spec.loader.exec_module(galore_refresh)
+
+
+@pytest.mark.parametrize("shape", [(96, 24), (24, 96), (32, 32)], ids=["tall", "wide", "square"])
+def test_every_refresh_route_gives_a_basis_shaped_as_galore_torch_keeps_it(shape):
+    """Benchmarks/galore_refresh.py compares routes to GaLore's basis: each returns it in galore-torch's
+    orientation, orthonormal; the exact routes keep what the float64 SVD keeps; a warm start from the
+    gradient's own basis stays there."""
+    torch.manual_seed(0)
+    rank = 6
+    # a gradient with a decaying spectrum, like a sum of per-token outer products
+    grad = torch.randn(shape[0], 12) @ torch.diag(torch.logspace(0, -2, 12)) @ torch.randn(12, shape[1])
+    grad += 1e-3 * torch.randn(shape)
+    exact = galore_refresh.exact_basis(grad, rank)
+    reference = galore_refresh.way_svd(grad, rank, None)
+    assert reference.shape == exact.shape == ((rank, shape[1]) if shape[0] >= shape[1] else (shape[0], rank))
+    best = galore_refresh.kept(exact, grad)
+    for name, way in galore_refresh.ways(False, [1, 2]).items():
+        basis = way(grad, rank, exact)
+        assert basis.shape == reference.shape, name
+        q = galore_refresh.columns(basis, grad)
+        torch.testing.assert_close(q.t() @ q, torch.eye(rank), atol=1e-4, rtol=0)
+        share = galore_refresh.kept(basis, grad) / best
+        if name.startswith(("svd", "gram", "warm")):  # exact, or started from the exact subspace
+            assert share == pytest.approx(1.0, abs=1e-4), name
+        else:  # randomized: close on a spectrum that decays this fast
+            assert share > 0.99, name
