@@ -112,7 +112,7 @@ def make_model_dir(work, tokenizer_dir, tiny, shape="gemma-3-1b"):
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir) if family == "gemma" else make_tokenizer(family)
         if family != "gemma":  # the hub's special-token ids are past this small tokenizer's vocabulary
             adopt_special_tokens(config, tokenizer)
-        with torch.device("cuda"):
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # a CPU: galore_refresh.py's quality figures
             model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
         model.save_pretrained(hf)
         del model
