@@ -14,24 +14,14 @@ import sys
 import time
 
 from study_gpu import synthetic_rows, word_pieces
-from peftbench.chat import IGNORE_INDEX, format_of
+from peftbench.chat import format_of
 from peftbench.model import load_tokenizer, model_path
 
 
 def one_call_per_piece(fmt, conversations):
-    encoded = []
-    for messages in conversations:
-        input_ids, labels = [], []
-        for text, role in fmt._pieces(fmt.prepare(messages)):
-            piece = fmt._ids(text)
-            stop = piece.index(fmt.end_of_turn_id) + 1 if fmt.end_of_turn_id in piece else len(piece)
-            if role == "answer":
-                labels += piece[:stop] + [IGNORE_INDEX] * (len(piece) - stop)
-            else:
-                labels += [IGNORE_INDEX] * len(piece)
-            input_ids += piece
-        encoded.append((input_ids, labels))
-    return encoded
+    """The way before encode_chats: a tokenizer call for each piece of each conversation."""
+    return [fmt.assemble([(fmt._ids(text), role) for text, role in fmt._pieces(fmt.prepare(messages))])
+            for messages in conversations]
 
 
 def main():

@@ -134,19 +134,20 @@ class ChatFormat:
                 pieces.append(text)
             spans.append(parts)
         ids = self.tokenizer(pieces, add_special_tokens=False)["input_ids"] if pieces else []
-        encoded = []
-        for parts in spans:
-            input_ids, labels = [], []
-            for role, index in parts:
-                piece = ids[index]
-                if role == "answer":
-                    stop = piece.index(self.end_of_turn_id) + 1 if self.end_of_turn_id in piece else len(piece)
-                    labels += piece[:stop] + [IGNORE_INDEX] * (len(piece) - stop)
-                else:
-                    labels += [IGNORE_INDEX] * len(piece)
-                input_ids += piece
-            encoded.append((input_ids, labels))
-        return encoded
+        return [self.assemble([(ids[index], role) for role, index in parts]) for parts in spans]
+
+    def assemble(self, pieces):
+        """(input_ids, labels) of one conversation from its pieces' (token ids, role) in order: labels are
+        IGNORE_INDEX but on each answer's tokens through its end-of-turn token."""
+        input_ids, labels = [], []
+        for piece, role in pieces:
+            if role == "answer":
+                stop = piece.index(self.end_of_turn_id) + 1 if self.end_of_turn_id in piece else len(piece)
+                labels += piece[:stop] + [IGNORE_INDEX] * (len(piece) - stop)
+            else:
+                labels += [IGNORE_INDEX] * len(piece)
+            input_ids += piece
+        return input_ids, labels
 
     def _pieces(self, messages):
         """The rendered conversation cut into (text, "context" | "answer") pieces: before each answer what
