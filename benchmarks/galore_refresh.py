@@ -48,8 +48,7 @@ from peftbench.train import collate  # noqa: E402
 
 def gradients(model, examples, pad_id, targets):
     """Each target projection's float32 gradient of the stock loss over one padded batch, by name."""
-    weights = {n: m.weight for n, m in model.named_modules()
-               if n.split(".")[-1] in targets and isinstance(m, torch.nn.Linear) and ".layers." in n}
+    weights = train_speed.projection_weights(model, targets)
     model.requires_grad_(False)
     for weight in weights.values():
         weight.requires_grad_(True)
@@ -145,20 +144,20 @@ def exact_basis(grad, rank):
 
 
 def refresh_seconds(way, grads, rank, previous, repeats):
-    """One whole refresh (every matrix, in order), untimed once, then `repeats` timed: their median."""
+    """One whole refresh (every matrix, in order), untimed once, then `repeats` timed: their median, every
+    pass's seconds, and the last pass's bases by name."""
     cuda = torch.cuda.is_available()
     times = []
     for attempt in range(repeats + 1):
         if cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
-        for name, grad in grads.items():
-            way(grad, rank, previous[name])
+        bases = {name: way(grad, rank, previous[name]) for name, grad in grads.items()}
         if cuda:
             torch.cuda.synchronize()
         if attempt:
             times.append(time.perf_counter() - start)
-    return statistics.median(times), times
+    return statistics.median(times), times, bases
 
 
 def main(argv=None):
@@ -197,8 +196,8 @@ def main(argv=None):
         previous_tf32 = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = False  # float32 products, as the refresh runs today
         try:
-            seconds, times = refresh_seconds(way, grads, rank, previous, args.repeats)
-            quality = [kept(way(g, rank, previous[n]), g) / best[n] for n, g in grads.items()]
+            seconds, times, bases = refresh_seconds(way, grads, rank, previous, args.repeats)
+            quality = [kept(bases[n], g) / best[n] for n, g in grads.items()]
         finally:
             torch.backends.cuda.matmul.allow_tf32 = previous_tf32
         rows[name] = {"seconds": seconds, "seconds_each": times, "kept_vs_exact_worst": min(quality),

@@ -162,8 +162,7 @@ def plain_model(kind, model_dir, settings, kbit_prep=False):
     if targets == "*":
         full_rank = list(model.parameters())
     else:
-        full_rank = [m.weight for n, m in model.named_modules() if n.split(".")[-1] in targets
-                     and isinstance(m, torch.nn.Linear) and ".layers." in n]
+        full_rank = list(projection_weights(model, targets).values())
     for weight in full_rank:
         weight.requires_grad_(True)
     ids = {id(p) for p in full_rank}
@@ -181,6 +180,12 @@ def plain_model(kind, model_dir, settings, kbit_prep=False):
     else:
         optimizer = torch.optim.AdamW(lora_params, lr=2e-4)
     return model, optimizer, lora_params + full_rank
+
+
+def projection_weights(model, targets):
+    """The decoder layers' linear projections named in `targets` (leaf names), their weights by module name."""
+    return {n: m.weight for n, m in model.named_modules()
+            if n.split(".")[-1] in targets and isinstance(m, torch.nn.Linear) and ".layers." in n}
 
 
 def plain_step(model, optimizer, examples, pad_id, trainable):
@@ -260,7 +265,11 @@ def time_refresh(step, batch, optimizer, repeats=3):
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    extras = sorted(-timed(False) + timed(True) for _ in range(repeats))
+    extras = []
+    for _ in range(repeats):
+        normal = timed(False)
+        extras.append(timed(True) - normal)
+    extras.sort()
     return {"seconds": extras[len(extras) // 2], "seconds_each": extras, "every_steps": states[0][1],
             "matrices": len(states)}
 
