@@ -7,10 +7,10 @@ the whole matrix. On the H200 at the gemma-3-1b shape that refresh took about 9.
 (benchmarks/study-h200/README.md), about 40 % of GaLore's training time in peftbench's path. This measures
 what the same basis costs by other routes, before any of them goes into the optimizer:
 
-  svd            galore-torch's GaLoreProjector.get_orthogonal_matrix (what both recipes run today)
+  svd            galore-torch's GaLoreProjector.get_orthogonal_matrix (the plain recipe's refresh)
   svd-gesvdj, svd-gesvda   torch.linalg.svd with cuSOLVER's Jacobi / approximate drivers (CUDA only)
   gram-eigh      the eigenvectors of the smaller Gram matrix (GᵀG or GGᵀ): the same subspace in exact
-                 arithmetic, float32
+                 arithmetic, float32; peftbench's optimizer's refresh (methods/galore.py, refresh_basis)
   gram-eigh64    the same with the eigendecomposition in float64
   lowrank-N      torch.svd_lowrank (randomized, oversampled by 8, N power iterations), from a random start
   warm-N         N steps of subspace iteration started from the previous basis (a different batch's), then
@@ -42,6 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_speed  # noqa: E402  (the shapes, the synthetic batches and the model builder)
 
+from peftbench.methods.galore import refresh_basis  # noqa: E402
 from peftbench.model import load_model, load_tokenizer  # noqa: E402
 from peftbench.train import collate  # noqa: E402
 
@@ -99,11 +100,13 @@ def way_svd_driver(driver):
     return way
 
 
-def way_gram_eigh(dtype):
-    def way(grad, rank, previous):
-        _, vectors = torch.linalg.eigh(gram(grad, dtype))  # ascending eigenvalues
-        return orient(vectors[:, -rank:].flip(-1).float(), grad)
-    return way
+def way_gram_eigh(grad, rank, previous):
+    return refresh_basis(grad, rank)
+
+
+def way_gram_eigh64(grad, rank, previous):
+    _, vectors = torch.linalg.eigh(gram(grad, torch.float64))  # ascending eigenvalues
+    return orient(vectors[:, -rank:].flip(-1).float(), grad)
 
 
 def way_lowrank(iterations):
@@ -130,7 +133,7 @@ def ways(cuda, iterations):
     found = {"svd": way_svd}
     if cuda:
         found.update({"svd-gesvdj": way_svd_driver("gesvdj"), "svd-gesvda": way_svd_driver("gesvda")})
-    found.update({"gram-eigh": way_gram_eigh(torch.float32), "gram-eigh64": way_gram_eigh(torch.float64)})
+    found.update({"gram-eigh": way_gram_eigh, "gram-eigh64": way_gram_eigh64})
     for n in iterations:
         found[f"lowrank-{n}"] = way_lowrank(n)
     for n in iterations:

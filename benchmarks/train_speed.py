@@ -117,7 +117,11 @@ def make_model_dir(work, tokenizer_dir, tiny, shape="gemma-3-1b"):
         model.save_pretrained(hf)
         del model
         tokenizer.save_pretrained(hf)
-    prepare_model({"source": "local", "path": str(hf)}, work / "model")
+    # The Gemma tokenizer unpacked from the embedded GGUF has no chat template: the built-in format is Gemma's.
+    model_cfg = {"source": "local", "path": str(hf)}
+    if family == "gemma" and not tiny:
+        model_cfg["chat_template"] = "gemma"
+    prepare_model(model_cfg, work / "model")
     return work / "model"
 
 

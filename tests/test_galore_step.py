@@ -2,15 +2,19 @@
 
 The fast step batches the Adam moments into multi-tensor calls and folds the projection back, the
 scale and the learning rate into one fused product per matrix. Both optimizers get the same gradients
-for a few steps, across a projector refresh (SVD), on tall and wide matrices (right and left
-projections), a plain group beside the GaLore group, and weight decay; their weights and state must
-agree to float32 rounding.
+for a few steps, across a projector refresh, on tall and wide matrices (right and left projections), a
+plain group beside the GaLore group, and weight decay; their weights and state must agree to float32
+rounding. Its refresh takes the basis from the Gram matrix's eigenvectors, not galore-torch's SVD: the
+same subspace with its own signs, checked on its own below; the step's arithmetic is checked with the
+SVD's basis in both.
 """
 import pytest
 import torch
 from galore_torch import GaLoreAdamW
+from galore_torch.galore_projector import GaLoreProjector
 
-from peftbench.methods.galore import galore_adamw, galore_group
+from peftbench.methods import galore
+from peftbench.methods.galore import galore_adamw, galore_group, refresh_basis
 
 SHAPES = [(48, 16), (16, 40), (24, 24), (8, 64)]  # tall: right projection; wide: left; square
 STEPS, RANK, GAP = 5, 6, 2  # the projectors refresh at steps 0, 2 and 4
@@ -21,8 +25,15 @@ def groups(weights, extra, weight_decay):
             {"params": extra, "lr": 3e-2, "weight_decay": 0.0}]
 
 
+def svd_basis(grad, rank, previous=None):
+    """galore-torch's refresh, for checking the step's arithmetic on the same basis."""
+    side = "right" if grad.shape[0] >= grad.shape[1] else "left"
+    return GaLoreProjector(rank).get_orthogonal_matrix(grad.float(), rank, side)
+
+
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
-def test_fast_galore_step_matches_galore_torch(weight_decay):
+def test_fast_galore_step_matches_galore_torch(weight_decay, monkeypatch):
+    monkeypatch.setattr(galore, "refresh_basis", svd_basis)
     torch.manual_seed(0)
     start = [torch.randn(shape) for shape in SHAPES]
     start_extra = [torch.randn(2, 8), torch.randn(5)]
@@ -60,6 +71,48 @@ def test_fast_galore_step_leaves_tf32_as_it_found_it():
     before = torch.backends.cuda.matmul.allow_tf32
     optimizer.step()
     assert torch.backends.cuda.matmul.allow_tf32 == before
+
+
+@pytest.mark.parametrize("shape", [(96, 24), (24, 96), (32, 32)], ids=["tall", "wide", "square"])
+def test_refresh_basis_is_the_svds_basis_up_to_sign(shape):
+    """The Gram matrix's top eigenvectors are the gradient's top singular vectors on its smaller side: the
+    same vectors as galore-torch's SVD, in its orientation and order, each up to its sign."""
+    torch.manual_seed(0)
+    rank = 6
+    # a decaying spectrum with distinct values, like a sum of per-token outer products
+    grad = torch.randn(shape[0], 12) @ torch.diag(torch.logspace(0, -2, 12)) @ torch.randn(12, shape[1])
+    basis, reference = refresh_basis(grad, rank), svd_basis(grad, rank)
+    assert basis.shape == reference.shape and basis.dtype == torch.float32
+    tall = shape[0] >= shape[1]
+    agreement = (basis @ reference.t()).diagonal() if tall else (basis.t() @ reference).diagonal()
+    torch.testing.assert_close(agreement.abs(), torch.ones(rank), atol=1e-4, rtol=0)
+
+
+def test_refresh_basis_keeps_the_previous_bases_signs():
+    """A new basis whose vectors point against the previous ones' is flipped to agree with them, so that
+    Adam's moments, kept across a refresh, keep their meaning; a new subspace keeps its orientation."""
+    torch.manual_seed(0)
+    grad = torch.randn(48, 8) @ torch.diag(torch.logspace(0, -1, 8)) @ torch.randn(8, 16)
+    basis = refresh_basis(grad, 4)
+    torch.testing.assert_close(refresh_basis(grad, 4, previous=-basis), -basis)
+    torch.testing.assert_close(refresh_basis(grad, 4, previous=basis), basis)
+    flipped = basis.clone()
+    flipped[1] *= -1
+    torch.testing.assert_close(refresh_basis(grad, 4, previous=flipped), flipped)
+
+
+def test_refresh_basis_runs_in_float32_not_tf32(monkeypatch):
+    """The Gram product squares the gradient's rounding: it runs in full float32 even inside the optimizer's
+    TF32 step, and leaves the setting as it was."""
+    seen = []
+    real_eigh = torch.linalg.eigh
+    monkeypatch.setattr(torch.linalg, "eigh",
+                        lambda *a, **k: seen.append(torch.backends.cuda.matmul.allow_tf32) or real_eigh(*a, **k))
+    weight = torch.nn.Parameter(torch.randn(16, 8))
+    optimizer = galore_adamw([galore_group([weight], 4, 10, 0.25, 1e-2, 0.0)])
+    weight.grad = torch.randn(16, 8)
+    optimizer.step()
+    assert seen == [False] and optimizer.state[weight]["projector"].ortho_matrix.shape == (4, 8)
 
 
 def test_bf16_weights_follow_their_float32_masters():

@@ -1,4 +1,4 @@
-"""benchmarks/train_speed.py's timing of GaLore's projection refresh: the SVD that no timed pass holds must
+"""benchmarks/train_speed.py's timing of GaLore's projection refresh: the refresh that no timed pass holds must
 happen in every "due" step, for every projected weight, and in no other, for galore-torch's optimizer (the
 plain recipe's) and peftbench's alike; and the refresh is counted at its rate."""
 import importlib.util
@@ -18,9 +18,10 @@ spec.loader.exec_module(train_speed)
 GAP = 200
 
 
-@pytest.mark.parametrize("make_optimizer", [lambda g: GaLoreAdamW(g, no_deprecation_warning=True), galore_adamw],
+@pytest.mark.parametrize("make_optimizer, decomposition",
+                         [(lambda g: GaLoreAdamW(g, no_deprecation_warning=True), "svd"), (galore_adamw, "eigh")],
                          ids=["galore-torch", "peftbench"])
-def test_a_refresh_is_timed_in_due_steps_only(make_optimizer, monkeypatch):
+def test_a_refresh_is_timed_in_due_steps_only(make_optimizer, decomposition, monkeypatch):
     torch.manual_seed(0)
     weights = [torch.nn.Parameter(torch.randn(shape)) for shape in [(48, 16), (16, 40)]]
     extra = [torch.nn.Parameter(torch.randn(5))]
@@ -35,9 +36,9 @@ def test_a_refresh_is_timed_in_due_steps_only(make_optimizer, monkeypatch):
 
     for _ in range(3):  # as after the measured passes: projectors made, counters off the gap's multiples
         step(None)
-    svds = []
-    real_svd = torch.linalg.svd
-    monkeypatch.setattr(torch.linalg, "svd", lambda *a, **k: svds.append(a[0].shape) or real_svd(*a, **k))
+    svds = []  # the refresh's decompositions: galore-torch's SVDs, peftbench's Gram eigendecompositions
+    real = getattr(torch.linalg, decomposition)
+    monkeypatch.setattr(torch.linalg, decomposition, lambda *a, **k: svds.append(a[0].shape) or real(*a, **k))
     calls = []
 
     def counted_step(batch):

@@ -16,7 +16,7 @@ DEFAULTS = {"rank": 128, "update_proj_gap": 200, "scale": 0.25,
             "lr": 1.0e-5}
 SETTINGS = {
     "rank": {"type": "integer", "minimum": 1},
-    "update_proj_gap": {"type": "integer", "minimum": 1, "description": "steps between projection refreshes (SVD)"},
+    "update_proj_gap": {"type": "integer", "minimum": 1, "description": "steps between refreshes of the projection bases"},
     "scale": {"type": "number", "exclusiveMinimum": 0},
     "target_modules": {"type": "array", "minItems": 1, "items": {"type": "string"}},
     "lr": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
@@ -103,7 +103,7 @@ def galore_adamw(param_groups):
                     if "projector" not in state:
                         state["projector"] = GaLoreProjector(group["rank"], update_proj_gap=group["update_proj_gap"],
                                                              scale=group["scale"], proj_type=group["proj_type"])
-                    grad = project(state["projector"], grad, state["step"])  # refreshes the SVD when due
+                    grad = project(state["projector"], grad, state["step"])  # refreshes the basis when due
                 else:
                     grad = grad.float()
                 if "exp_avg" not in state:
@@ -151,19 +151,53 @@ def galore_adamw(param_groups):
 
 
 def project(projector, grad, step):
-    """projector.project(grad, step) for a float32 or bf16 gradient, returning the rank-r gradient in
-    float32. A bf16 gradient meets the bf16-rounded basis in a product summed and returned in float32
-    (CUDA's mixed-precision mm): no float32 copy of the full gradient. An SVD refresh (galore-torch would
-    return a bf16 basis for a bf16 gradient), and a CPU, which lacks that product, see it in float32."""
+    """The rank-r gradient in float32, as projector.project(grad, step) computes it (galore-torch's
+    proj_type "std"), the basis refreshed by refresh_basis when due. A bf16 gradient meets the bf16-rounded
+    basis in a product summed and returned in float32 (CUDA's mixed-precision mm): no float32 copy of the
+    full gradient. A CPU, which lacks that product, sees it in float32."""
     import torch
 
-    refresh = projector.ortho_matrix is None or step % projector.update_proj_gap == 0
-    if grad.dtype == torch.float32 or refresh or not grad.is_cuda:
-        return projector.project(grad.float(), step)
+    if projector.ortho_matrix is None or step % projector.update_proj_gap == 0:
+        projector.ortho_matrix = refresh_basis(grad, projector.rank, projector.ortho_matrix)
+    tall = grad.shape[0] >= grad.shape[1]  # the side galore-torch's proj_type "std" projects on
+    if grad.dtype == torch.float32 or not grad.is_cuda:
+        grad, basis = grad.float(), projector.ortho_matrix
+        return grad @ basis.t() if tall else basis.t() @ grad
     basis = projector.ortho_matrix.to(grad.dtype)
-    if grad.shape[0] >= grad.shape[1]:  # the sides galore-torch's proj_type "std" projects on
+    if tall:
         return torch.mm(grad, basis.t(), out_dtype=torch.float32)
     return torch.mm(basis.t(), grad, out_dtype=torch.float32)
+
+
+def refresh_basis(grad, rank, previous=None):
+    """The gradient's top-r singular vectors on its smaller side, stored as galore-torch stores them
+    (r × n for a tall or square matrix, m × r for a wide one), in float32.
+
+    galore-torch takes them from a float32 SVD of the whole gradient, which computes every singular vector
+    to keep r of them. Here they are the top eigenvectors of the smaller Gram matrix (GᵀG or GGᵀ, at most
+    hidden × hidden): the same subspace in exact arithmetic, measured to keep the same share of every
+    gradient as the exact top-r at a fraction of the time (benchmarks/galore_refresh.py; the figures are in
+    docs/performance.md, "GaLore's projection refresh"). The Gram product runs in full float32 (not TF32,
+    which the optimizer's step otherwise allows): squaring the gradient squares its rounding.
+
+    A singular vector's sign is arbitrary (the SVD's too); each new vector takes the sign that agrees with
+    the previous basis's vector of the same rank, so that Adam's moments, which GaLore keeps across a
+    refresh, keep their meaning where the subspace barely moved."""
+    import torch
+
+    tall = grad.shape[0] >= grad.shape[1]
+    g = grad.float()
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        gram = g.t() @ g if tall else g @ g.t()
+        vectors = torch.linalg.eigh(gram).eigenvectors[:, -rank:].flip(-1)  # columns, largest eigenvalue first
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    if previous is not None and previous.shape == (vectors.t().shape if tall else vectors.shape):
+        agreement = (vectors * (previous.t() if tall else previous).float()).sum(0)
+        vectors = vectors * torch.where(agreement < 0, -1.0, 1.0)
+    return vectors.t().contiguous() if tall else vectors.contiguous()
 
 
 def optimizer(groups, settings, training):
