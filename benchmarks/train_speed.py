@@ -17,8 +17,9 @@ For each method, in the same process and run, on the same synthetic batches:
              number of examples per optimizer step, grouped by length (so less padding).
 
 Every path is measured the same way: one untimed warm-up pass over its batches, then --passes timed passes,
-median kept. GaLore's projection refresh (an SVD of every projected gradient, once per update_proj_gap steps:
-200 in config.yaml) falls in no timed pass, so a GaLore path (galore, hybrid) also times it: the same batch
+median kept. GaLore's projection refresh (every projected gradient's basis recomputed, once per
+update_proj_gap steps, 200 in config.yaml: by galore-torch's SVD in the plain recipe, by the Gram matrix's
+eigenvectors in peftbench's) falls in no timed pass, so a GaLore path (galore, hybrid) also times it: the same batch
 stepped with every refresh due and not due, alternating, median difference; `refresh` in its result, and
 `tokens_per_s_with_refresh`, the pass's tokens over its time plus one refresh per update_proj_gap steps. The process first keeps the GPU busy for --burn-in seconds (clocks, lazy CUDA initialisation),
 the order of plain and peftbench alternates from method to method (--order), and the process's first
@@ -413,7 +414,7 @@ def main(argv=None):
                         help="also measure peftbench's path with training.gradient_checkpointing: true")
     parser.add_argument("--knobs", nargs="+", metavar="KNOB=VALUE", action="append", default=[],
                         help="also measure peftbench's path with these memory knobs of a variant "
-                             "(checkpoint_layers=N, recompute_elementwise=true) over the variant's own; "
+                             "(checkpoint_layers=N, recompute_elementwise=true, micro_batch_tokens=N) over the variant's own; "
                              "given again, one more path per set, all side by side in the one process")
     parser.add_argument("--no-kbit-rows", action="store_true",
                         help="skip the 'plain + kbit prep' rows of the 4-bit methods")
@@ -470,7 +471,8 @@ def main(argv=None):
             ordered = batches
         else:
             model, optimizer, scheduler, trainable = peftbench_path(kind, model_dir, settings, training, tokenizer)
-            step = lambda b: training_step(model, optimizer, scheduler, b, trainable, 1.0)  # noqa: E731
+            step = lambda b: training_step(model, optimizer, scheduler, b, trainable, 1.0,  # noqa: E731
+                                           training.get("micro_batch_tokens", 0))
             ordered = grouped
         result = measure(step, ordered, args.passes)
         if not path.startswith("plain"):
@@ -481,7 +483,7 @@ def main(argv=None):
         if refresh is not None:
             result["refresh"] = refresh
             result["tokens_per_s_with_refresh"] = with_refresh(result, len(ordered))
-            if torch.cuda.is_available():  # the peak since measure() began, the refresh's SVDs included
+            if torch.cuda.is_available():  # the peak since measure() began, the refresh included
                 result["peak_alloc_gb_with_refresh"] = graphs.max_memory_allocated() / 1e9
         del model, optimizer, trainable, step
         if not path.startswith("plain"):
@@ -653,8 +655,9 @@ def render_markdown(report):
             lines.append(f"| {method}, {path} | {other['speedup']:.2f}x | {ratio} | |")
     refreshed = {m: r for m, r in results.items() if "speedup_with_refresh" in r}
     if refreshed:
-        lines += ["", "GaLore's projection refresh (an SVD of every projected gradient, once per update_proj_gap "
-                  "steps), which no timed pass holds, timed apart on a batch of the median length and counted at "
+        lines += ["", "GaLore's projection refresh (every projected gradient's basis recomputed once per "
+                  "update_proj_gap steps: galore-torch's SVD in the plain recipe, the Gram matrix's eigenvectors in "
+                  "peftbench's), which no timed pass holds, timed apart on a batch of the median length and counted at "
                   "its rate:", "",
                   "| method | path | refresh (s) | every (steps) | tokens/s with refresh | speed-up with refresh |",
                   "|---|---|---|---|---|---|"]

@@ -25,8 +25,8 @@ def test_study_and_demo_configs_are_valid(study_config, demo_config):
     demo = resolve(demo_config)
     assert demo["lora"].settings["r"] == variants["lora"].settings["r"]
     # GaLore checkpoints layers to fit the GPU memory target; the CPU demo has memory to spare.
-    assert variants["galore"].knobs == {"checkpoint_layers": 8, "recompute_elementwise": True}
-    assert demo["galore"].knobs == {"checkpoint_layers": 0, "recompute_elementwise": False}
+    assert variants["galore"].knobs == {"checkpoint_layers": 8, "recompute_elementwise": True, "micro_batch_tokens": 0}
+    assert demo["galore"].knobs == {"checkpoint_layers": 0, "recompute_elementwise": False, "micro_batch_tokens": 0}
 
 
 @pytest.mark.parametrize(
@@ -76,7 +76,7 @@ def test_a_variant_gives_only_what_differs_from_its_kind(study_config):
     study_config["compare"].append("tiny")
     tiny = resolve(study_config)["tiny"]
     assert tiny.settings == {**KINDS["galore"].DEFAULTS, "rank": 8}
-    assert tiny.knobs == {"checkpoint_layers": 0, "recompute_elementwise": False}
+    assert tiny.knobs == {"checkpoint_layers": 0, "recompute_elementwise": False, "micro_batch_tokens": 0}
     assert differing_settings(tiny) == {"rank": 8}
 
 

@@ -101,18 +101,18 @@ def test_refresh_basis_keeps_the_previous_bases_signs():
     torch.testing.assert_close(refresh_basis(grad, 4, previous=flipped), flipped)
 
 
-def test_refresh_basis_runs_in_float32_not_tf32(monkeypatch):
-    """The Gram product squares the gradient's rounding: it runs in full float32 even inside the optimizer's
-    TF32 step, and leaves the setting as it was."""
+def test_refresh_basis_decomposes_the_gram_matrix_in_float64(monkeypatch):
+    """The Gram matrix squares the gradient's rounding: it is formed and decomposed in float64 (never TF32,
+    which the optimizer's step allows for its products), inside the optimizer's step as on its own."""
     seen = []
     real_eigh = torch.linalg.eigh
-    monkeypatch.setattr(torch.linalg, "eigh",
-                        lambda *a, **k: seen.append(torch.backends.cuda.matmul.allow_tf32) or real_eigh(*a, **k))
+    monkeypatch.setattr(torch.linalg, "eigh", lambda a, *r, **k: seen.append(a.dtype) or real_eigh(a, *r, **k))
     weight = torch.nn.Parameter(torch.randn(16, 8))
     optimizer = galore_adamw([galore_group([weight], 4, 10, 0.25, 1e-2, 0.0)])
     weight.grad = torch.randn(16, 8)
     optimizer.step()
-    assert seen == [False] and optimizer.state[weight]["projector"].ortho_matrix.shape == (4, 8)
+    basis = optimizer.state[weight]["projector"].ortho_matrix
+    assert seen == [torch.float64] and basis.shape == (4, 8) and basis.dtype == torch.float32
 
 
 def test_bf16_weights_follow_their_float32_masters():

@@ -34,7 +34,10 @@ def test_report_shows_seed_spread_intervals_significance_and_plots(tmp_path, dem
     config = {**demo_config, "compare": ["base", "lora", "qlora"], "seeds": [0, 1, 2]}
     metrics = {m: [train_metrics(m, s) for s in (0, 1, 2)] for m in ("lora", "qlora")}
     for run in metrics["qlora"]:
-        run.update(decoder_layers=26, checkpointed_layers=10, recompute_elementwise=False)
+        run.update(decoder_layers=26, checkpointed_layers=10, recompute_elementwise=False, micro_batch_tokens=4096,
+                   micro_batched_steps=2)
+    for run in metrics["lora"]:  # no batch was long enough to split: nothing to say
+        run.update(micro_batch_tokens=4096, micro_batched_steps=0)
     for runs in metrics.values():
         for run in runs:
             run["attention"] = "peftbench_varlen"
@@ -54,6 +57,10 @@ def test_report_shows_seed_spread_intervals_significance_and_plots(tmp_path, dem
     assert "- **qlora** (kind `qlora`): LoRA adapters on a frozen 4-bit NF4 base" in report
     assert "- **qlora** recomputed the forward of 10 of its 26 decoder layers in backward (`checkpoint_layers`)" \
         in report and "**lora** recomputed" not in report
+    steps = metrics["qlora"][0]["steps"]
+    assert (f"- **qlora** ran the forward and backward of 2 of its {steps:,} batches in groups of at most 4,096 "
+            "tokens, their gradients summed into one step (`micro_batch_tokens`)") in report
+    assert "**lora** ran the forward" not in report
     assert ("training attention: peftbench_varlen; the decoder's forward and backward replayed as CUDA graphs, "
             "rows padded to a multiple of 256 tokens (up to 31 row lengths captured per run, 95 s at most") in report
     assert "3,000 real (non-padding) tokens per seed" in report and "identical for every method and seed" in report

@@ -644,10 +644,15 @@ def _memory_knob_lines(metrics):
         if run.get("recompute_elementwise") and checkpointed != layers:
             lines.append(f"- **{method}** recomputed the elementwise work of its other layers in backward "
                          "(`recompute_elementwise`)")
+        if run.get("micro_batch_tokens") and run.get("micro_batched_steps"):
+            lines.append(f"- **{method}** ran the forward and backward of {run['micro_batched_steps']:,} of its "
+                         f"{run['steps']:,} batches in groups of at most {run['micro_batch_tokens']:,} tokens, "
+                         "their gradients summed into one step (`micro_batch_tokens`)")
     if not lines:
         return []
-    return ["**Memory knobs:** these recompute in backward what the forward did not keep; the results are the "
-            "same, the peak memory lower and the training time longer than without:", "", *lines, ""]
+    return ["**Memory knobs:** these recompute in backward what the forward did not keep, or hold one part of "
+            "a batch's activations at a time; the results are the same, the peak memory lower and the training "
+            "time longer than without:", "", *lines, ""]
 
 
 def _is_chosen(point, selection):

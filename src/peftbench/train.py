@@ -10,6 +10,7 @@ and a rerun resumes from the last one, bitwise identical on CPU to a run that wa
 (checkpoint.py).
 """
 import argparse
+import itertools
 import json
 import logging
 import math
@@ -170,23 +171,67 @@ def answer_loss(model, input_ids, labels, position_ids=None, lengths=None, predi
     return total / len(targets)
 
 
-def training_step(model, optimizer, scheduler, examples, trainable, max_grad_norm):
+def micro_batches(examples, token_budget):
+    """The batch as consecutive groups of examples of at most token_budget tokens each (an example longer
+    than that alone), as few groups as fit and as even as the examples allow; 0: the whole batch. Their
+    gradients add up to the whole batch's: a group's activations are all that backward holds at a time."""
+    if not token_budget:
+        return [examples]
+    ends = list(itertools.accumulate(len(ids) for ids, _ in examples))
+    total = ends[-1]
+    for count in range(1, len(examples) + 1):  # the fewest groups that fit
+        # cut where the running total comes closest to each 1/count of the whole
+        cuts = sorted({min(range(len(ends)), key=lambda i: abs(ends[i] - total * k / count)) + 1
+                       for k in range(1, count)} | {0, len(examples)})
+        groups = [examples[a:b] for a, b in zip(cuts, cuts[1:])]
+        if all(len(g) == 1 or sum(len(ids) for ids, _ in g) <= token_budget for g in groups):
+            return groups
+    return [[example] for example in examples]  # the cuts above can coincide: one example per group always fits
+
+
+def micro_batched_steps(examples, lengths, training, seed):
+    """How many of a run's steps micro_batch_tokens split into more than one group (the batches are the
+    same on every run and resume, so this is counted from them, not while training)."""
+    budget = training.get("micro_batch_tokens", 0)
+    if not budget:
+        return 0
+    return sum(len(micro_batches([examples[i] for i in batch], budget)) > 1
+               for epoch in range(training["epochs"])
+               for batch in batch_order(lengths, training["batch_size"], epoch, seed))
+
+
+def training_step(model, optimizer, scheduler, examples, trainable, max_grad_norm, micro_batch_tokens=0):
     """One optimizer step on a batch of (input_ids, labels); returns (loss, real tokens), the loss as a CPU
     scalar: read when the forward is done, so that reading it later does not wait for the backward and the
     optimizer, and the CPU prepares the next step while the GPU finishes this one. The benchmark in
-    benchmarks/ calls this same function, so what it measures is what the workflow runs."""
+    benchmarks/ calls this same function, so what it measures is what the workflow runs.
+
+    With micro_batch_tokens (a variant's memory knob) the batch runs forward and backward in groups of at
+    most that many tokens (micro_batches), each group's mean loss weighted by its share of the batch's answer
+    tokens: the gradients add up to the whole batch's, one optimizer step, while backward holds one group's
+    activations at a time."""
     device = next(p.device for p in trainable)
-    input_ids, labels, position_ids, lengths, predicting = pack_for(model, examples, device)
+    packed = [pack_for(model, group, device) for group in micro_batches(examples, micro_batch_tokens)]
+    answers = sum(len(predicting) for *_, predicting in packed)
     # bf16 products on GPU; a CPU computes in float32 (model.compute_dtype says why), its attention in
     # the math kernel: the fused CPU kernel's float32 backward is not reproducible from run to run. The
     # backward runs under it too: with gradient checkpointing the layers recompute their forward there.
     cuda = device.type == "cuda"
+    loss_value = torch.zeros(())
     with nullcontext() if cuda else sdpa_kernel(SDPBackend.MATH):
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cuda):
-            loss = answer_loss(model, input_ids, labels, position_ids, lengths, predicting)
-        loss_value = loss.detach().cpu()  # waits for the forward only: nothing else is queued yet
-        if torch.isfinite(loss_value):  # a non-finite loss is reported by the caller, before any update
+        for input_ids, labels, position_ids, lengths, predicting in packed:
+            if len(packed) > 1 and not len(predicting):  # a group without answer tokens adds nothing
+                continue
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cuda):
+                loss = answer_loss(model, input_ids, labels, position_ids, lengths, predicting)
+                if len(packed) > 1:
+                    loss = loss * (len(predicting) / answers)
+            # waits for this forward only: nothing else is queued yet
+            loss_value = loss_value + loss.detach().float().cpu()
+            if not torch.isfinite(loss_value):  # reported by the caller, before any update
+                break
             loss.backward()
+        else:
             torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
             optimizer.step()
             scheduler.step()
@@ -361,7 +406,8 @@ def train(variant_name, kind_name, model_dir, train_path, settings, training, ou
             for position, batch in enumerate(batches[skip:], start=skip):
                 try:
                     loss, real_tokens = training_step(model, optimizer, scheduler, [examples[i] for i in batch],
-                                                      trainable, training["max_grad_norm"])
+                                                      trainable, training["max_grad_norm"],
+                                                      training.get("micro_batch_tokens", 0))
                 except torch.cuda.OutOfMemoryError:
                     raise UserError(f"CUDA out of memory at step {step + 1}: lower training.batch_size or "
                                     "data.max_length, or set training.gradient_checkpointing: true") from None
@@ -426,6 +472,8 @@ def train(variant_name, kind_name, model_dir, train_path, settings, training, ou
         "decoder_layers": decoder_layers,
         "checkpointed_layers": checkpointed_layers(training, decoder_layers),
         "recompute_elementwise": bool(training.get("recompute_elementwise")),
+        "micro_batch_tokens": training.get("micro_batch_tokens", 0),
+        "micro_batched_steps": micro_batched_steps(examples, lengths, training, seed),
         "loss": history,
         "learning_rates": {k: settings[k] for k in learning_rate_keys(method)},
         "tuned": tuned,

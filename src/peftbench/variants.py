@@ -30,6 +30,10 @@ KNOBS = {
     "recompute_elementwise": {"type": "boolean", "default": False,
                               "description": "the other layers keep only matrix-product and attention outputs "
                                              "for backward and recompute the elementwise work between them"},
+    "micro_batch_tokens": {"type": "integer", "minimum": 0, "default": 0,
+                           "description": "each batch runs forward and backward in groups of at most this many "
+                                          "tokens (an example longer than that alone), their gradients summed "
+                                          "into one optimizer step; 0: the whole batch at once"},
 }
 # The training section's keys that only change how a run goes (speed, memory, logging, checkpoint
 # frequency), not what it learns: like the knobs, they are not tracked.

@@ -175,10 +175,10 @@ def refresh_basis(grad, rank, previous=None):
 
     galore-torch takes them from a float32 SVD of the whole gradient, which computes every singular vector
     to keep r of them. Here they are the top eigenvectors of the smaller Gram matrix (GᵀG or GGᵀ, at most
-    hidden × hidden): the same subspace in exact arithmetic, measured to keep the same share of every
-    gradient as the exact top-r at a fraction of the time (benchmarks/galore_refresh.py; the figures are in
-    docs/performance.md, "GaLore's projection refresh"). The Gram product runs in full float32 (not TF32,
-    which the optimizer's step otherwise allows): squaring the gradient squares its rounding.
+    hidden × hidden), formed and decomposed in float64, since squaring the gradient squares its rounding:
+    the same subspace, measured to keep the same share of every gradient as the exact top-r in a fraction
+    of the SVD's time (benchmarks/galore_refresh.py; figures in docs/performance.md, "GaLore's projection
+    refresh").
 
     A singular vector's sign is arbitrary (the SVD's too); each new vector takes the sign that agrees with
     the previous basis's vector of the same rank, so that Adam's moments, which GaLore keeps across a
@@ -186,14 +186,9 @@ def refresh_basis(grad, rank, previous=None):
     import torch
 
     tall = grad.shape[0] >= grad.shape[1]
-    g = grad.float()
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        gram = g.t() @ g if tall else g @ g.t()
-        vectors = torch.linalg.eigh(gram).eigenvectors[:, -rank:].flip(-1)  # columns, largest eigenvalue first
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
+    g = grad.double()
+    gram = g.t() @ g if tall else g @ g.t()
+    vectors = torch.linalg.eigh(gram).eigenvectors[:, -rank:].flip(-1).float()  # columns, largest first
     if previous is not None and previous.shape == (vectors.t().shape if tall else vectors.shape):
         agreement = (vectors * (previous.t() if tall else previous).float()).sum(0)
         vectors = vectors * torch.where(agreement < 0, -1.0, 1.0)
