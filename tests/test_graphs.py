@@ -12,7 +12,7 @@ from peftbench import attention, graphs
 from peftbench.chat import IGNORE_INDEX, encode_chat
 from peftbench.methods import METHODS
 from peftbench.model import load_model
-from peftbench.train import answer_loss, pack, training_step, validation_loss
+from peftbench.train import answer_loss, micro_batches, pack, training_step, validation_loss
 from peftbench.trainable import build_trainable, causal_lm
 
 MULTIPLE, SLOTS = 32, 5  # small enough that the tiny examples meet several padded lengths
@@ -151,6 +151,29 @@ def test_training_steps_with_graphs_follow_the_eager_steps(model_dir, tokenizer,
     assert eager_losses[2] < eager_losses[0]  # it learns
     torch.testing.assert_close(graphed_losses, eager_losses, rtol=2e-2, atol=2e-2)
     for a, b in zip(graphed_weights, eager_weights):
+        torch.testing.assert_close(a, b, rtol=5e-2, atol=5e-3)
+
+
+@needs_gpu
+@pytest.mark.parametrize("method", ["lora", "hybrid"])
+def test_micro_batched_steps_with_graphs_follow_the_whole_batch_eager_steps(model_dir, tokenizer, examples, method):
+    """micro_batch_tokens (config.yaml's LoRA and hybrid): each group replays the graphs of its own row length,
+    the groups' gradients add up in the graphs' .grad tensors, and the steps follow the eager whole-batch ones."""
+    budget = max(len(ids) for ids, _ in examples)  # the longest alone, the others together or alone
+    assert len(micro_batches(examples, budget)) > 1
+    runs = []
+    for cuda_graphs, tokens in ((False, 0), (True, budget)):
+        model, trained, groups = gpu_build(method, model_dir, tokenizer, cuda_graphs, False)
+        kind, settings = kind_and_settings(method)
+        optimizer = kind.optimizer(groups, settings, TRAINING)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        losses = [training_step(model, optimizer, scheduler, batch, trained, 1.0, tokens)[0].float()
+                  for batch in (examples, examples[:1], examples)]
+        runs.append((torch.stack(losses), [p.detach().float().clone() for p in trained]))
+    (eager_losses, eager_weights), (losses, weights) = runs
+    assert eager_losses[2] < eager_losses[0]  # it learns
+    torch.testing.assert_close(losses, eager_losses, rtol=2e-2, atol=2e-2)
+    for a, b in zip(weights, eager_weights):
         torch.testing.assert_close(a, b, rtol=5e-2, atol=5e-3)
 
 
