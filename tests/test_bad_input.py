@@ -30,7 +30,7 @@ Where each bad input is tested:
 | general-text losses of different passages compared | `lora seed 0 measured other general text than base: rerun general_loss on the same passages.json and max_length` | test_forgetting.py::test_runs_on_other_passages_are_refused |
 | validation.n larger than what train leaves | `source X: only 2 usable validation examples of 4 asked (...): lower validation.n or train.n` | test_data.py::test_a_short_validation_draw_names_the_fix |
 | data changed between prepare_data and the later test split | `the test draw differs from the one manifest.json recorded (...): rerun prepare_data`, no test split written | test_data.py::test_the_test_split_written_alone_later_is_the_same_draw |
-| CUDA out of memory in training | `... lower training.batch_size or data.max_length, or set training.gradient_checkpointing: true` | test_out_of_memory_in_training_is_one_line |
+| CUDA out of memory in training | `... set variants.NAME.micro_batch_tokens (e.g. 2048) or training.gradient_checkpointing: true (the same results, less memory), or lower training.batch_size or data.max_length` | test_out_of_memory_in_training_is_one_line |
 | CUDA out of memory in generation | `... lower generation.batch_size ... or generation.max_new_tokens` | test_out_of_memory_in_generation_names_the_fix |
 | checkpoint folder from another config | warning, stale checkpoints removed, training starts afresh | test_checkpoint.py::test_checkpoints_of_other_settings_are_removed, test_checkpoint_copied_from_another_config_is_ignored |
 | corrupted checkpoint | warning, resumes from the one before or from scratch | test_checkpoint.py::test_corrupted_checkpoint_falls_back_to_the_one_before, test_unreadable_checkpoints_restart_from_scratch |
@@ -305,8 +305,15 @@ def test_out_of_memory_in_training_is_one_line(model_dir, train_path, tmp_path, 
     monkeypatch.setattr(train_module, "training_step", step)
     assert cli.main(train_argv(model_dir, train_path, tmp_path / "out", tmp_path / "ckpt")) == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last == ("peftbench train: error: CUDA out of memory at step 1: lower training.batch_size or "
-                    "data.max_length, or set training.gradient_checkpointing: true")
+    assert last == ("peftbench train: error: CUDA out of memory at step 1: set variants.my-lora.micro_batch_tokens "
+                    "(e.g. 2048) or training.gradient_checkpointing: true (the same results, less memory), or lower "
+                    "training.batch_size or data.max_length")
+    assert not (tmp_path / "out").exists()
+    # a variant already in micro-batches is told to halve them
+    argv = train_argv(model_dir, train_path, tmp_path / "out", tmp_path / "ckpt") + ["--knobs",
+                                                                                      '{"micro_batch_tokens": 4096}']
+    assert cli.main(argv) == 1
+    assert "set variants.my-lora.micro_batch_tokens (now 4096: try 2048) or" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

@@ -226,7 +226,7 @@ def training_step(model, optimizer, scheduler, examples, trainable, max_grad_nor
                 loss = answer_loss(model, input_ids, labels, position_ids, lengths, predicting)
                 if len(packed) > 1:
                     loss = loss * (len(predicting) / answers)
-            # waits for this forward only: nothing else is queued yet
+            # waits for this group's forward (and the groups' before it), not for its backward, not yet queued
             loss_value = loss_value + loss.detach().float().cpu()
             if not torch.isfinite(loss_value):  # reported by the caller, before any update
                 break
@@ -409,8 +409,11 @@ def train(variant_name, kind_name, model_dir, train_path, settings, training, ou
                                                       trainable, training["max_grad_norm"],
                                                       training.get("micro_batch_tokens", 0))
                 except torch.cuda.OutOfMemoryError:
-                    raise UserError(f"CUDA out of memory at step {step + 1}: lower training.batch_size or "
-                                    "data.max_length, or set training.gradient_checkpointing: true") from None
+                    budget = training.get("micro_batch_tokens", 0)
+                    raise UserError(f"CUDA out of memory at step {step + 1}: set variants.{variant_name}."
+                                    f"micro_batch_tokens ({f'now {budget}: try {budget // 2}' if budget else 'e.g. 2048'})"
+                                    " or training.gradient_checkpointing: true (the same results, less memory), "
+                                    "or lower training.batch_size or data.max_length") from None
                 if not torch.isfinite(loss) and tuning:
                     log.warning("loss is %s at step %d: this rate diverged; the sweep records it", loss.item(),
                                 step + 1)
