@@ -10,8 +10,8 @@ what the same basis costs by other routes, before any of them goes into the opti
   svd            galore-torch's GaLoreProjector.get_orthogonal_matrix (the plain recipe's refresh)
   svd-gesvdj, svd-gesvda   torch.linalg.svd with cuSOLVER's Jacobi / approximate drivers (CUDA only)
   gram-eigh      the eigenvectors of the smaller Gram matrix (GᵀG or GGᵀ): the same subspace in exact
-                 arithmetic, float32; peftbench's optimizer's refresh (methods/galore.py, refresh_basis)
-  gram-eigh64    the same with the eigendecomposition in float64
+                 arithmetic, float32
+  gram-eigh64    the same in float64: peftbench's optimizer's refresh (methods/galore.py, refresh_basis)
   lowrank-N      torch.svd_lowrank (randomized, oversampled by 8, N power iterations), from a random start
   warm-N         N steps of subspace iteration started from the previous basis (a different batch's), then
                  Rayleigh-Ritz: products and a thin QR only
@@ -82,8 +82,8 @@ def kept(basis, grad):
     return float(projected.double().square().sum() / grad.double().square().sum())
 
 
-def gram(grad, dtype=torch.float32):
-    g = grad.to(dtype)
+def gram(grad):
+    g = grad.float()
     return g.t() @ g if right_side(grad) else g @ g.t()
 
 
@@ -101,12 +101,12 @@ def way_svd_driver(driver):
 
 
 def way_gram_eigh(grad, rank, previous):
-    return refresh_basis(grad, rank)
+    _, vectors = torch.linalg.eigh(gram(grad))  # ascending eigenvalues
+    return orient(vectors[:, -rank:].flip(-1), grad)
 
 
 def way_gram_eigh64(grad, rank, previous):
-    _, vectors = torch.linalg.eigh(gram(grad, torch.float64))  # ascending eigenvalues
-    return orient(vectors[:, -rank:].flip(-1).float(), grad)
+    return refresh_basis(grad, rank)
 
 
 def way_lowrank(iterations):

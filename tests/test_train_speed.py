@@ -36,15 +36,16 @@ def test_a_refresh_is_timed_in_due_steps_only(make_optimizer, decomposition, mon
 
     for _ in range(3):  # as after the measured passes: projectors made, counters off the gap's multiples
         step(None)
-    svds = []  # the refresh's decompositions: galore-torch's SVDs, peftbench's Gram eigendecompositions
+    decompositions = []  # the refresh's: galore-torch's SVDs, peftbench's Gram eigendecompositions
     real = getattr(torch.linalg, decomposition)
-    monkeypatch.setattr(torch.linalg, decomposition, lambda *a, **k: svds.append(a[0].shape) or real(*a, **k))
+    monkeypatch.setattr(torch.linalg, decomposition,
+                        lambda *a, **k: decompositions.append(a[0].shape) or real(*a, **k))
     calls = []
 
     def counted_step(batch):
-        before = len(svds)
+        before = len(decompositions)
         step(batch)
-        calls.append(len(svds) - before)
+        calls.append(len(decompositions) - before)
 
     refresh = train_speed.time_refresh(counted_step, None, optimizer, repeats=3)
     assert calls == [0, 2] * 3  # not due, then due for both projected weights, three times
