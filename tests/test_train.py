@@ -1,4 +1,4 @@
-from peftbench.train import batch_order, micro_batches
+from peftbench.train import batch_order, micro_batched_steps, micro_batches
 
 
 def test_batch_order_is_deterministic_covers_each_example_once_and_groups_lengths():
@@ -33,8 +33,6 @@ def test_micro_batches_split_a_batch_evenly_within_the_token_budget():
 
 
 def test_micro_batched_steps_counts_the_batches_that_split():
-    from peftbench.train import micro_batched_steps
-
     lengths = [100] * 12 + [900] * 4
     examples = [([0] * n, None) for n in lengths]
     training = {"epochs": 2, "batch_size": 4, "micro_batch_tokens": 1000}

@@ -220,8 +220,6 @@ def training_step(model, optimizer, scheduler, examples, trainable, max_grad_nor
     loss_value = torch.zeros(())
     with nullcontext() if cuda else sdpa_kernel(SDPBackend.MATH):
         for input_ids, labels, position_ids, lengths, predicting in packed:
-            if len(packed) > 1 and not len(predicting):  # a group without answer tokens adds nothing
-                continue
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cuda):
                 loss = answer_loss(model, input_ids, labels, position_ids, lengths, predicting)
                 if len(packed) > 1:
@@ -410,10 +408,11 @@ def train(variant_name, kind_name, model_dir, train_path, settings, training, ou
                                                       training.get("micro_batch_tokens", 0))
                 except torch.cuda.OutOfMemoryError:
                     budget = training.get("micro_batch_tokens", 0)
+                    hint = f"now {budget}: try {budget // 2}" if budget else "e.g. 2048"
                     raise UserError(f"CUDA out of memory at step {step + 1}: set variants.{variant_name}."
-                                    f"micro_batch_tokens ({f'now {budget}: try {budget // 2}' if budget else 'e.g. 2048'})"
-                                    " or training.gradient_checkpointing: true (the same results, less memory), "
-                                    "or lower training.batch_size or data.max_length") from None
+                                    f"micro_batch_tokens ({hint}) or training.gradient_checkpointing: true (the "
+                                    "same results, less memory), or lower training.batch_size or data.max_length"
+                                    ) from None
                 if not torch.isfinite(loss) and tuning:
                     log.warning("loss is %s at step %d: this rate diverged; the sweep records it", loss.item(),
                                 step + 1)
