@@ -158,23 +158,36 @@ def test_training_steps_with_graphs_follow_the_eager_steps(model_dir, tokenizer,
 @pytest.mark.parametrize("method", ["lora", "hybrid"])
 def test_micro_batched_steps_with_graphs_follow_the_whole_batch_eager_steps(model_dir, tokenizer, examples, method):
     """micro_batch_tokens (config.yaml's LoRA and hybrid): each group replays the graphs of its own row length,
-    the groups' gradients add up in the graphs' .grad tensors, and the steps follow the eager whole-batch ones."""
+    the groups' gradients add up in the graphs' .grad tensors to the whole batch's gradient, and the steps
+    follow the eager whole-batch ones."""
     budget = max(len(ids) for ids, _ in examples)  # the longest alone, the others together or alone
     assert len(micro_batches(examples, budget)) > 1
     runs = []
     for cuda_graphs, tokens in ((False, 0), (True, budget)):
         model, trained, groups = gpu_build(method, model_dir, tokenizer, cuda_graphs, False)
+        initial = [p.detach().float().clone() for p in trained]
         kind, settings = kind_and_settings(method)
         optimizer = kind.optimizer(groups, settings, TRAINING)
+        stepped_grads = []  # what each optimizer step receives, after clipping
+        optimizer.register_step_pre_hook(
+            lambda *_, grads=stepped_grads, trained=trained: grads.append([p.grad.float().clone() for p in trained]))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
         losses = [training_step(model, optimizer, scheduler, batch, trained, 1.0, tokens)[0].float()
                   for batch in (examples, examples[:1], examples)]
-        runs.append((torch.stack(losses), [p.detach().float().clone() for p in trained]))
-    (eager_losses, eager_weights), (losses, weights) = runs
+        moved = [p.detach().float() - w for p, w in zip(trained, initial)]
+        runs.append((torch.stack(losses), stepped_grads, moved))
+    (eager_losses, eager_grads, eager_moved), (losses, grads, moved) = runs
     assert eager_losses[2] < eager_losses[0]  # it learns
     torch.testing.assert_close(losses, eager_losses, rtol=2e-2, atol=2e-2)
-    for a, b in zip(weights, eager_weights):
-        torch.testing.assert_close(a, b, rtol=5e-2, atol=5e-3)
+    # The first step's gradient, from the same weights: the groups' sum is the whole batch's.
+    for a, b in zip(grads[0], eager_grads[0]):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=1e-3)
+    # The weights after three steps. Summed in groups, a bf16 gradient rounds differently, and Adam turns a
+    # near-zero gradient (LoRA's A at the second step: B starts at zero) into a step of about ±lr whatever its
+    # size, so its elements may end a fraction of lr apart; a wrong weighting of the groups moves them by
+    # about as much as the steps do (the CPU test of every kind, test_methods, holds the exact arithmetic).
+    for a, b in zip(moved, eager_moved):
+        assert (a - b).norm() <= 0.25 * b.norm(), ((a - b).norm(), b.norm())
 
 
 @needs_gpu
