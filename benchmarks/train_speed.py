@@ -608,6 +608,7 @@ def render_markdown(report):
     results, study_rows = report["methods"], report["study_padded_row_lengths"]
     lines = [f"# Training speed at the {report['shape']} shape on {report['gpu']}", "",
              f"Command: `{report['command']}`", "",
+             *([f"Processes: {report['processes']}.", ""] if report.get("processes") else []),
              "| method | path | real tokens/s | peak alloc (GB) | peak reserved (GB) | utilisation (work done) "
              "| MFU (PaLM 6N) | study time (h) | measured |",
              "|---|---|---|---|---|---|---|---|---|"]
